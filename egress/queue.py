@@ -1,0 +1,142 @@
+"""The SQS side: receiving flag messages, extending, releasing, deleting, dead-lettering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from egress.errors import RetryableError, error_code, translate_client_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+MAX_VISIBILITY = 12 * 3600
+
+_aws_retry = retry(
+    retry=retry_if_exception_type(RetryableError),
+    stop=stop_after_attempt(4),
+    wait=wait_random_exponential(multiplier=0.2, max=5),
+    reraise=True,
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received SQS message."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    sent_timestamp_ms: int | None
+
+
+class ReceiptGone(Exception):  # noqa: N818 - a state, not a failure of ours
+    """The receipt handle is no longer valid (the message was deleted or re-received)."""
+
+
+class FlagQueue:
+    """Thin, translated operations on the flag queue and its DLQ."""
+
+    def __init__(self, sqs: SQSClient, *, queue_url: str, dlq_url: str) -> None:
+        self._sqs = sqs
+        self.queue_url = queue_url
+        self.dlq_url = dlq_url
+
+    @classmethod
+    def discover(cls, sqs: SQSClient, *, queue_url: str, dlq_url: str | None) -> FlagQueue:
+        """Find the DLQ from the queue's redrive policy unless it is given."""
+        if dlq_url:
+            return cls(sqs, queue_url=queue_url, dlq_url=dlq_url)
+        try:
+            attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+            import json
+
+            policy = json.loads(attributes.get("Attributes", {}).get("RedrivePolicy", "{}"))
+            arn = str(policy.get("deadLetterTargetArn", ""))
+            if not arn:
+                raise ValueError(
+                    f"queue {queue_url} has no redrive policy; set EGRESS_DLQ_URL or add a DLQ"
+                )
+            _, _, _, _, account, name = arn.split(":", 5)
+            found = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing=f"reading the redrive policy of {queue_url}") from exc
+        return cls(sqs, queue_url=queue_url, dlq_url=found)
+
+    def receive(self, *, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]:
+        """Long-poll for up to ``max_messages`` messages."""
+        try:
+            response = self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=max(1, min(10, max_messages)),
+                WaitTimeSeconds=wait_seconds,
+                VisibilityTimeout=visibility_timeout,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing="receiving from the flag queue") from exc
+        messages = []
+        for raw in response.get("Messages", []):
+            attributes = raw.get("Attributes", {})
+            sent = attributes.get("SentTimestamp")
+            messages.append(
+                Message(
+                    message_id=raw["MessageId"],
+                    receipt_handle=raw["ReceiptHandle"],
+                    body=raw.get("Body", ""),
+                    receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
+                    sent_timestamp_ms=int(sent) if sent else None,
+                )
+            )
+        return messages
+
+    @_aws_retry
+    def delete(self, message: Message) -> None:
+        """Delete a handled message."""
+        try:
+            self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing=f"deleting message {message.message_id}") from exc
+
+    @_aws_retry
+    def set_visibility(self, message: Message, seconds: int) -> None:
+        """Extend (heartbeat) or release (0 / backoff) a message's visibility."""
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self.queue_url,
+                ReceiptHandle=message.receipt_handle,
+                VisibilityTimeout=max(0, min(MAX_VISIBILITY, int(seconds))),
+            )
+        except ClientError as exc:
+            if error_code(exc) in {"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue"}:
+                raise ReceiptGone(message.message_id) from exc
+            raise translate_client_error(exc, doing=f"changing visibility of {message.message_id}") from exc
+        except BotoCoreError as exc:
+            raise translate_client_error(exc, doing=f"changing visibility of {message.message_id}") from exc
+
+    @_aws_retry
+    def dead_letter(self, message: Message, *, reason: str, detail: str) -> None:
+        """Move a message to the DLQ now, with ``reason``/``detail`` attributes, then delete it.
+
+        Send first, delete second: a crash in between duplicates the message in the DLQ
+        (harmless, the ledger dedupes a redrive) but never loses it.
+        """
+        try:
+            self._sqs.send_message(
+                QueueUrl=self.dlq_url,
+                MessageBody=message.body,
+                MessageAttributes={
+                    "reason": {"DataType": "String", "StringValue": reason},
+                    "detail": {"DataType": "String", "StringValue": detail[:1000] or reason},
+                    "source_message_id": {"DataType": "String", "StringValue": message.message_id},
+                    "receive_count": {"DataType": "Number", "StringValue": str(message.receive_count)},
+                },
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing=f"sending {message.message_id} to the DLQ") from exc
+        self.delete(message)

@@ -1,0 +1,95 @@
+"""Byte streams as iterators of chunks, and the small adapters around them.
+
+A stream is an ``Iterator[bytes]``; a transform takes one and returns one. Memory in
+flight is the chunk size times the number of chunks a stage holds, never an object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterable, Iterator
+
+Chunks = Iterator[bytes]
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over a chunk iterator (for libraries that want ``read``)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+        self._offset = 0
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while self._offset >= len(self._buffer):
+            if self._eof:
+                return 0
+            try:
+                self._buffer = next(self._chunks)
+                self._offset = 0
+            except StopIteration:
+                self._eof = True
+                return 0
+        size = min(len(buffer), len(self._buffer) - self._offset)
+        buffer[:size] = self._buffer[self._offset : self._offset + size]
+        self._offset += size
+        return size
+
+    def tell(self) -> int:  # ESDK asks; position is not meaningful for a pipe
+        return 0
+
+
+def read_chunks(fileobj: io.RawIOBase | io.BufferedIOBase, *, chunk_size: int) -> Chunks:
+    """Yield ``chunk_size`` pieces of a file object until it is exhausted."""
+    while True:
+        data = fileobj.read(chunk_size)
+        if not data:
+            return
+        yield bytes(data)
+
+
+def rechunk(chunks: Iterable[bytes], *, size: int) -> Chunks:
+    """Yield pieces of exactly ``size`` bytes (the last may be shorter)."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
+
+
+class Digest:
+    """SHA-256 and byte count of everything that passed through :meth:`wrap`."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def wrap(self, chunks: Iterable[bytes]) -> Chunks:
+        """Pass chunks through, hashing and counting them."""
+        for chunk in chunks:
+            self._sha.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def digest(self) -> bytes:
+        return self._sha.digest()
+
+
+def with_callback(chunks: Iterable[bytes], callback: Callable[[int], None]) -> Chunks:
+    """Pass chunks through, telling ``callback`` how many bytes each had."""
+    for chunk in chunks:
+        callback(len(chunk))
+        yield chunk
