@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from egress.aws import AwsClients, AwsConfig, build_clients
@@ -64,10 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egress", description=__doc__)
     _add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from egress import routes_cli
+    run = commands.add_parser("run", help="run the egress worker daemon (config from the environment)")
+    run.add_argument("--config", type=Path, default=None, help="YAML settings file (environment wins)")
+    run.set_defaults(handler=_run)
+    from egress import local, routes_cli
 
     routes_cli.configure(commands)
+    local.configure(commands)
     return parser
+
+
+def _run(args: argparse.Namespace, _ctx: CliContext) -> int:
+    from egress.settings import SettingsError, load_settings
+    from egress.worker import run_worker
+
+    try:
+        settings = load_settings(config_file=args.config)
+    except SettingsError as exc:
+        print(f"egress run: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    return run_worker(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

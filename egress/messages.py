@@ -72,8 +72,10 @@ def _from_s3_record(record: object, index: int) -> FlagEvent:
     if not isinstance(record, dict):
         raise MalformedMessage(f"{where} is not an object")
     s3 = record.get("s3")
-    if not isinstance(s3, dict) or not isinstance(s3.get("bucket"), dict) or not isinstance(
-        s3.get("object"), dict
+    if (
+        not isinstance(s3, dict)
+        or not isinstance(s3.get("bucket"), dict)
+        or not isinstance(s3.get("object"), dict)
     ):
         raise MalformedMessage(f"{where}.s3.bucket/object missing")
     bucket = _require_str(s3["bucket"], "name", f"{where}.s3.bucket")

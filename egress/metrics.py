@@ -128,4 +128,3 @@ class ProbeServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-

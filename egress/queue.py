@@ -58,9 +58,7 @@ class FlagQueue:
             policy = json.loads(attributes.get("Attributes", {}).get("RedrivePolicy", "{}"))
             arn = str(policy.get("deadLetterTargetArn", ""))
             if not arn:
-                raise ValueError(
-                    f"queue {queue_url} has no redrive policy; set EGRESS_DLQ_URL or add a DLQ"
-                )
+                raise ValueError(f"queue {queue_url} has no redrive policy; set EGRESS_DLQ_URL or add a DLQ")
             _, _, _, _, account, name = arn.split(":", 5)
             found = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
         except (ClientError, BotoCoreError) as exc:

@@ -3,8 +3,9 @@
 Environment variables win over the YAML file. Nothing reads ``os.environ`` after
 start-up: the settings object is passed explicitly.
 
-Worst-case memory of the data path is stated by :meth:`WorkerSettings.memory_budget`:
-``concurrency × (part_size × (parts_in_flight + 1) + chunk_size × 4)``.
+Worst-case memory of the data path is :meth:`WorkerSettings.memory_budget`: every
+streamed object takes ``min(size, part_size × (parts_in_flight + 1) + 4 × chunk_size)``
+from it before it starts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class WorkerSettings:
     sft_root: Path = Path("/data-egress")
     flag_name: str = "pipeline_success.flag"
     concurrency: int = 4
+    object_concurrency: int = 8
+    memory_budget_mb: int = 160
     part_size_mb: int = 16
     parts_in_flight: int = 4
     chunk_size_kb: int = 1024
@@ -66,6 +69,10 @@ class WorkerSettings:
             problems.append("EGRESS_QUEUE_URL is required")
         if not 1 <= self.concurrency <= 64:
             problems.append(f"EGRESS_CONCURRENCY must be 1..64, got {self.concurrency}")
+        if not 1 <= self.object_concurrency <= 64:
+            problems.append(f"EGRESS_OBJECT_CONCURRENCY must be 1..64, got {self.object_concurrency}")
+        if self.memory_budget_mb < 16:
+            problems.append(f"EGRESS_MEMORY_BUDGET_MB must be at least 16, got {self.memory_budget_mb}")
         if not 5 <= self.part_size_mb <= 5 * 1024:
             problems.append(f"EGRESS_PART_SIZE_MB must be 5..5120 (S3 limits), got {self.part_size_mb}")
         if not 1 <= self.parts_in_flight <= 32:
@@ -99,9 +106,13 @@ class WorkerSettings:
         return self.chunk_size_kb * 1024
 
     def memory_budget(self) -> int:
-        """Worst-case bytes the data path holds: concurrency × (parts + chunks in flight)."""
-        per_delivery = self.part_size * (self.parts_in_flight + 1) + self.chunk_size * 4
-        return self.concurrency * per_delivery
+        """Bytes all streams of the worker may hold at once (a budget they acquire from).
+
+        One streamed object holds at most ``part_size × (parts_in_flight + 1) + 4 × chunk``;
+        objects wait for the budget, so the total stays below ``memory_budget_mb`` whatever
+        the object sizes and the concurrency. Server-side copies hold no object bytes.
+        """
+        return self.memory_budget_mb * MIB
 
 
 # Environment variable → (field, parser). Names are part of the operator contract.
@@ -117,6 +128,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "EGRESS_SFT_ROOT": ("sft_root", Path),
     "EGRESS_FLAG_NAME": ("flag_name", str),
     "EGRESS_CONCURRENCY": ("concurrency", int),
+    "EGRESS_OBJECT_CONCURRENCY": ("object_concurrency", int),
+    "EGRESS_MEMORY_BUDGET_MB": ("memory_budget_mb", int),
     "EGRESS_PART_SIZE_MB": ("part_size_mb", int),
     "EGRESS_PARTS_IN_FLIGHT": ("parts_in_flight", int),
     "EGRESS_METRICS_PORT": ("metrics_port", int),
