@@ -1,0 +1,262 @@
+"""Operators' commands around the flow: ``egress history``, ``egress replay``, ``egress dlq``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from egress.errors import translate_client_error
+from egress.ledger import Ledger
+from egress.queue import FlagQueue
+
+if TYPE_CHECKING:
+    from egress.cli import CliContext
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``history``, ``replay`` and ``dlq`` to the ``egress`` command."""
+    history = commands.add_parser("history", help="deliveries recorded in the ledger, newest first")
+    history.add_argument("--prefix", help="only flags whose key starts with this")
+    history.add_argument("--pipeline", help="only this pipeline_name")
+    history.add_argument("--since", help="ISO time or a duration such as 30m, 6h, 7d")
+    history.add_argument("--status", choices=["delivered", "in_progress", "failed"])
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--output", choices=["table", "json"], default="table")
+    history.set_defaults(handler=_history)
+
+    replay = commands.add_parser("replay", help="queue a flag again: its routes are delivered again")
+    replay.add_argument("flag_uri", metavar="S3_URI_OF_FLAG")
+    replay.add_argument("--queue-url", default=os.environ.get("EGRESS_QUEUE_URL"))
+    replay.set_defaults(handler=_replay)
+
+    dlq = commands.add_parser("dlq", help="inspect and redrive the dead-letter queue")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    for name, helptext, handler in (
+        ("list", "messages in the DLQ with their reasons", _dlq_list),
+        ("redrive", "move messages back to the flag queue", _dlq_redrive),
+    ):
+        sub = dlq_commands.add_parser(name, help=helptext)
+        sub.add_argument("--queue-url", default=os.environ.get("EGRESS_QUEUE_URL"))
+        sub.add_argument("--dlq-url", default=os.environ.get("EGRESS_DLQ_URL"))
+        sub.add_argument("--max", type=int, default=100, help="look at most at this many messages")
+        if name == "list":
+            sub.add_argument("--output", choices=["table", "json"], default="table")
+        else:
+            which = sub.add_mutually_exclusive_group(required=True)
+            which.add_argument("--id", action="append", dest="ids", help="DLQ message id (repeatable)")
+            which.add_argument("--all", action="store_true")
+        sub.set_defaults(handler=handler)
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    match = _DURATION.match(value)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _history(args: argparse.Namespace, ctx: CliContext) -> int:
+    try:
+        since = _parse_since(args.since)
+    except ValueError:
+        print(
+            f"egress history: --since {args.since!r} is neither ISO time nor a duration like 6h", file=ctx.err
+        )
+        return 2
+    ledger = Ledger(ctx.clients.dynamodb, ctx.ledger_table, owner="cli")
+    rows: list[dict[str, Any]] = []
+    try:
+        for row in ledger.history(limit=1_000_000):
+            if args.prefix and not str(row.get("flag_key", "")).startswith(args.prefix):
+                continue
+            if args.pipeline and row.get("pipeline_name") != args.pipeline:
+                continue
+            if args.status and row.get("status") != args.status:
+                continue
+            if (
+                since
+                and datetime.fromisoformat(str(row.get("started_at", "1970-01-01T00:00:00+00:00"))) < since
+            ):
+                continue
+            rows.append(row)
+    except (ClientError, BotoCoreError) as exc:
+        print(f"egress history: {translate_client_error(exc, doing='reading the ledger')}", file=ctx.err)
+        return 1
+    rows.sort(key=lambda row: str(row.get("started_at", "")), reverse=True)
+    rows = rows[: args.limit]
+    if args.output == "json":
+        print(json.dumps(rows, default=str, indent=2), file=ctx.out)
+        return 0
+    header = (
+        "started_at",
+        "status",
+        "pipeline_name",
+        "recipient_name",
+        "objects",
+        "bytes_delivered",
+        "flag_key",
+        "last_reason",
+    )
+    print("  ".join(header), file=ctx.out)
+    for row in rows:
+        print("  ".join(str(row.get(column, "-")) for column in header), file=ctx.out)
+    if not rows:
+        print("(no deliveries match)", file=ctx.out)
+    return 0
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    bucket, key = uri[5:].split("/", 1)
+    if not bucket or not key:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    return bucket, key
+
+
+def _replay(args: argparse.Namespace, ctx: CliContext) -> int:
+    if not args.queue_url:
+        print("egress replay: give --queue-url or set EGRESS_QUEUE_URL", file=ctx.err)
+        return 2
+    try:
+        bucket, key = _split_uri(args.flag_uri)
+    except ValueError as exc:
+        print(f"egress replay: {exc}", file=ctx.err)
+        return 2
+    clients = ctx.clients
+    try:
+        clients.s3.head_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as exc:
+        print(f"egress replay: {translate_client_error(exc, doing=f'reading {args.flag_uri}')}", file=ctx.err)
+        return 1
+    now = datetime.now(UTC)
+    # A fresh sequencer makes this a new upload for the ledger: replay means deliver again.
+    body = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventTime": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "eventName": "ObjectCreated:Put",
+                "userIdentity": {"principalId": "egress-replay"},
+                "s3": {
+                    "bucket": {"name": bucket},
+                    "object": {
+                        "key": quote_plus(key, safe="/"),
+                        "size": 0,
+                        "sequencer": f"replay-{uuid.uuid4().hex}",
+                    },
+                },
+            }
+        ]
+    }
+    message_id = clients.sqs.send_message(QueueUrl=args.queue_url, MessageBody=json.dumps(body))["MessageId"]
+    print(f"queued {args.flag_uri} again as message {message_id}", file=ctx.out)
+    return 0
+
+
+def _queues(args: argparse.Namespace, ctx: CliContext) -> FlagQueue | None:
+    if not args.queue_url:
+        print("egress dlq: give --queue-url or set EGRESS_QUEUE_URL", file=ctx.err)
+        return None
+    return FlagQueue.discover(ctx.clients.sqs, queue_url=args.queue_url, dlq_url=args.dlq_url)
+
+
+def _receive_dlq(ctx: CliContext, dlq_url: str, limit: int) -> list[dict[str, Any]]:
+    """Receive up to ``limit`` DLQ messages; they stay invisible until released or deleted."""
+    seen: dict[str, dict[str, Any]] = {}
+    while len(seen) < limit:
+        response = ctx.clients.sqs.receive_message(
+            QueueUrl=dlq_url,
+            MaxNumberOfMessages=min(10, limit - len(seen)),
+            WaitTimeSeconds=1,
+            VisibilityTimeout=60,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            seen.setdefault(message["MessageId"], message)
+    return list(seen.values())
+
+
+def _release(ctx: CliContext, dlq_url: str, messages: list[dict[str, Any]]) -> None:
+    for message in messages:
+        try:
+            ctx.clients.sqs.change_message_visibility(
+                QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        except ClientError:
+            continue  # already visible again or gone: nothing to give back
+
+
+def _describe(message: dict[str, Any]) -> dict[str, str]:
+    attributes = message.get("MessageAttributes", {})
+    flag = "-"
+    try:
+        record = json.loads(message["Body"])["Records"][0]
+        from urllib.parse import unquote_plus
+
+        flag = f"s3://{record['s3']['bucket']['name']}/{unquote_plus(record['s3']['object']['key'])}"
+    except (ValueError, KeyError, TypeError, IndexError):
+        pass
+    return {
+        "id": message["MessageId"],
+        "reason": attributes.get("reason", {}).get("StringValue", "max_receives"),
+        "detail": attributes.get("detail", {}).get("StringValue", "moved by the queue's redrive policy"),
+        "flag": flag,
+    }
+
+
+def _dlq_list(args: argparse.Namespace, ctx: CliContext) -> int:
+    queues = _queues(args, ctx)
+    if queues is None:
+        return 2
+    messages = _receive_dlq(ctx, queues.dlq_url, args.max)
+    _release(ctx, queues.dlq_url, messages)
+    described = [_describe(message) for message in messages]
+    if args.output == "json":
+        print(json.dumps(described, indent=2), file=ctx.out)
+    else:
+        for entry in described:
+            print(
+                f"{entry['id']}  {entry['reason']:<22} {entry['flag']}\n    {entry['detail']}", file=ctx.out
+            )
+        print(f"{len(described)} message(s) in {queues.dlq_url}", file=ctx.out)
+    return 0
+
+
+def _dlq_redrive(args: argparse.Namespace, ctx: CliContext) -> int:
+    queues = _queues(args, ctx)
+    if queues is None:
+        return 2
+    messages = _receive_dlq(ctx, queues.dlq_url, args.max)
+    wanted = set(args.ids or [])
+    chosen = [m for m in messages if args.all or m["MessageId"] in wanted]
+    _release(ctx, queues.dlq_url, [m for m in messages if m not in chosen])
+    for message in chosen:
+        # Send first, then delete: a failure in between leaves a copy in both, never none.
+        ctx.clients.sqs.send_message(QueueUrl=queues.queue_url, MessageBody=message["Body"])
+        ctx.clients.sqs.delete_message(QueueUrl=queues.dlq_url, ReceiptHandle=message["ReceiptHandle"])
+        print(f"redriven {message['MessageId']} ({_describe(message)['reason']})", file=ctx.out)
+    missing = wanted - {m["MessageId"] for m in chosen}
+    for message_id in sorted(missing):
+        print(f"not found in the DLQ: {message_id}", file=ctx.err)
+    return 1 if missing else 0
