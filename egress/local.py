@@ -204,7 +204,7 @@ def _ensure_queue(sqs: SQSClient, name: str, *, attributes: Mapping[str, str]) -
     else:
         answer = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
         current = {str(k): v for k, v in answer.items()}
-        differing = {k: v for k, v in attributes.items() if not _same_attribute(k, current.get(k), v)}
+        differing = {k: v for k, v in attributes.items() if not _same_attribute(k, current.get(k), wanted=v)}
         if differing:
             sqs.set_queue_attributes(QueueUrl=url, Attributes=differing)  # type: ignore[arg-type]
             step = Step("updated", f"queue {name} ({', '.join(sorted(differing))})")
@@ -214,7 +214,7 @@ def _ensure_queue(sqs: SQSClient, name: str, *, attributes: Mapping[str, str]) -
     return QueueRef(url=url, arn=arn), step
 
 
-def _same_attribute(name: str, current: str | None, wanted: str) -> bool:
+def _same_attribute(name: str, current: str | None, *, wanted: str) -> bool:
     if current is None:
         return False
     if name in {"RedrivePolicy", "Policy"}:
@@ -269,7 +269,7 @@ def ensure_queues(
     policy = queue_policy(queue_arn=queue.arn, source_bucket=source_bucket)
     current = sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["Policy"]).get("Attributes", {})
     steps = [dlq_step, queue_step]
-    if not _same_attribute("Policy", current.get("Policy"), policy):
+    if not _same_attribute("Policy", current.get("Policy"), wanted=policy):
         sqs.set_queue_attributes(QueueUrl=queue.url, Attributes={"Policy": policy})
         if queue_step.action != "created":
             steps.append(Step("updated", f"queue {queue_name} policy (S3 may send from {source_bucket})"))
@@ -344,18 +344,20 @@ def apply_routes_file(
     """Apply a routes YAML file with ``egress routes apply FILE --yes``; returns its output too."""
     from egress.cli import CliContext, build_parser
 
-    args = build_parser().parse_args(
-        [
-            "--routes-table",
-            routes_table,
-            "--ledger-table",
-            ledger_table,
-            "routes",
-            "apply",
-            str(path),
-            "--yes",
-        ]
-    )
+    argv = [
+        "--routes-table",
+        routes_table,
+        "--ledger-table",
+        ledger_table,
+        "routes",
+        "apply",
+        str(path),
+        "--yes",
+    ]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits on a command it does not know
+        raise LocalSetupError(f"`egress {' '.join(argv)}` is not available in this build") from exc
     output = io.StringIO()
     context = CliContext(
         aws_config=clients.config,
@@ -648,8 +650,8 @@ def _read_chunks(stream: IO[bytes]) -> Iterator[bytes]:
 def publish(
     s3: S3Client,
     directory: Path,
-    target: S3Uri,
     *,
+    target: S3Uri,
     flag_name: str = DEFAULT_FLAG_NAME,
     kms: KMSClient | None = None,
     kms_key_id: str | None = None,
@@ -686,7 +688,7 @@ def publish(
     config.max_in_memory_upload_chunks = jobs
     started = time.monotonic()
     keys: list[str] = []
-    window: deque[tuple[str, TransferFuture, io.RawIOBase | None]] = deque()
+    window: deque[tuple[str, TransferFuture, io.BufferedReader | None]] = deque()
 
     def wait_oldest() -> None:
         name, future, opened = window.popleft()
@@ -706,7 +708,7 @@ def publish(
             for item in files:
                 key = target.prefix + item.relative
                 source: Any = str(item.path)  # s3transfer opens (and closes) it when it gets to it
-                opened: io.RawIOBase | None = None
+                opened: io.BufferedReader | None = None
                 extra: dict[str, Any] = {}
                 if kms is not None and kms_key_id is not None:
                     key += ".enc"
@@ -718,7 +720,8 @@ def publish(
                     except BaseException:
                         handle.close()
                         raise
-                    source = opened = _EncryptedFile(ciphertext, source=handle)
+                    # Buffered: s3transfer reads a part with one read(), which must not come back short.
+                    source = opened = io.BufferedReader(_EncryptedFile(ciphertext, source=handle), READ_CHUNK)
                     extra["Metadata"] = metadata
                 # A bounded window of open files and uploads in flight, whatever the folder holds.
                 if len(window) >= jobs:
@@ -960,6 +963,7 @@ def agent_config(
     receiver_url: str,
     certs: Path,
     metrics_port: int,
+    metrics_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """The SFT agent's YAML for the local stack: each folder pushed to the receiver."""
     return {
@@ -976,7 +980,9 @@ def agent_config(
             "threads": 3,
             "retry": {"max_attempts": 5, "initial_delay": "2s", "max_delay": "30s", "multiplier": 2},
         },
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "metrics": {"host": metrics_host, "port": metrics_port},
+        "logging": {"format": "console", "level": "info"},
+        "shutdown_grace": "10s",
         "routes": [
             {
                 "name": folder,
@@ -1200,6 +1206,7 @@ class LocalStack:
                 receiver_url=receiver_url,
                 certs=certs,
                 metrics_port=agent_port,
+                metrics_host=options.host,
             )
             _write_atomically(agent_config_path, yaml.safe_dump(config, sort_keys=False))
             self.children.append(
@@ -1509,7 +1516,7 @@ def _publish_command(args: argparse.Namespace, ctx: CliContext) -> int:
         result = publish(
             clients.s3,
             args.directory,
-            target,
+            target=target,
             flag_name=args.flag_name,
             kms=clients.kms if args.encrypt else None,
             kms_key_id=args.kms_key_id if args.encrypt else None,
