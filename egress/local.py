@@ -1246,7 +1246,12 @@ class LocalStack:
         return resources, info
 
     def _start_moto(self, log_path: Path) -> str:
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise LocalSetupError(
+                "the embedded AWS needs moto's server: pip install 'data-egress[local]'"
+            ) from exc
 
         options = self.options
         self.say(f"starting the moto server on {options.host}:{options.port} (requests logged to {log_path})")
