@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -195,7 +195,9 @@ class RouteDelivery:
             prefix=match.delivery_prefix,
             flag_name=self._settings.flag_name,
         )
-        items: Iterator[DeliveryItem] = plan_route(match, listing, event_time=event.event_time)
+        # The whole plan (names only) is made before any byte moves, so a name collision
+        # or an unsafe key fails the route with nothing delivered.
+        items: list[DeliveryItem] = list(plan_route(match, listing, event_time=event.event_time))
         window = max(2, self._settings.object_concurrency * 2)
         pending: set[Future[None]] = set()
         failure: BaseException | None = None

@@ -35,6 +35,7 @@ DESTINATION_MISSING: Final = "destination_missing"
 BUCKET_MISMATCH: Final = "bucket_mismatch"
 AWS_REJECTED: Final = "aws_rejected"
 INTEGRITY: Final = "integrity_mismatch"
+NAME_COLLISION: Final = "name_collision"
 
 # Reasons of retryable failures (metric label, log field).
 THROTTLED: Final = "throttled"

@@ -1,0 +1,91 @@
+"""Which objects a route delivers, and the destination name of each.
+
+The name keeps the object's path relative to the row's resolved source prefix (so a
+``*`` row keeps the sub-folders below it; nothing is flattened), drops ``.enc`` from
+objects delivered decrypted, inserts the event date when ``timestamp_files`` is set
+(``data.csv`` → ``data_20261122.csv``: before the first dot of the file name), adds
+``.gz``/``.zst`` when compressing, and is prefixed by the resolved destination prefix:
+as is for S3 (a key prefix), as a folder for SFT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from egress.errors import NAME_COLLISION, UNSAFE_KEY, PermanentError
+from egress.routing import RouteMatch, folder_problems
+from egress.sources import SourceObject
+
+_SUFFIXES = {"gz": ".gz", "zstd": ".zst"}
+
+
+@dataclass(frozen=True)
+class DeliveryItem:
+    """One object of a route's delivery and the name it gets at the destination."""
+
+    source: SourceObject
+    destination_name: str
+
+
+def _timestamped(name: str, when: datetime) -> str:
+    folder, _, leaf = name.rpartition("/")
+    hidden = "." if leaf.startswith(".") else ""
+    stem, dot, extensions = leaf[len(hidden) :].partition(".")
+    stamped = f"{hidden}{stem}_{when.strftime('%Y%m%d')}{dot}{extensions}"
+    return f"{folder}/{stamped}" if folder else stamped
+
+
+def relative_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
+    """The object's name below the destination prefix."""
+    if not key.startswith(match.resolved_source_prefix):
+        raise PermanentError(
+            UNSAFE_KEY, f"{key!r} is not under the route's prefix {match.resolved_source_prefix!r}"
+        )
+    route = match.route
+    name = key[len(match.resolved_source_prefix) :]
+    if route.decrypt and name.endswith(".enc") and len(name.rsplit("/", 1)[-1]) > len(".enc"):
+        name = name[: -len(".enc")]
+    if route.timestamp_files:
+        name = _timestamped(name, event_time)
+    if route.compress:
+        name += _SUFFIXES.get(route.compress_fmt or "gz", "")
+    return name
+
+
+def destination_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
+    """The full destination name: S3 key, or path under the SFT root."""
+    name = relative_name(match, key, event_time=event_time)
+    prefix = match.destination_prefix
+    if match.route.transfer_type == "SFT":
+        check_relative_key(name)
+        folder = prefix.strip("/")
+        return f"{folder}/{name}" if folder else name
+    return prefix + name
+
+
+def check_relative_key(relative: str) -> None:
+    """Refuse a relative path that could escape its folder or that the agent would skip."""
+    problems = folder_problems(relative, column="object key")
+    if not relative or relative.endswith("/") or relative.startswith("/"):
+        problems.append(f"object key {relative!r} is not a file path")
+    if relative.endswith(".part"):
+        problems.append(f"object key {relative!r} ends in .part, a name the agent treats as temporary")
+    if problems:
+        raise PermanentError(UNSAFE_KEY, "; ".join(dict.fromkeys(problems)))
+
+
+def plan_route(
+    match: RouteMatch, objects: Iterable[SourceObject], *, event_time: datetime
+) -> Iterator[DeliveryItem]:
+    """Map listed objects to destination names lazily; two objects on one name is an error."""
+    seen: dict[str, str] = {}
+    for obj in objects:
+        name = destination_name(match, obj.key, event_time=event_time)
+        if name in seen:
+            raise PermanentError(
+                NAME_COLLISION, f"{seen[name]!r} and {obj.key!r} would both be delivered as {name!r}"
+            )
+        seen[name] = obj.key
+        yield DeliveryItem(source=obj, destination_name=name)

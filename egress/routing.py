@@ -1,0 +1,412 @@
+"""Routes: the rows of the ``data-egress`` table, and finding a flag's routes cheaply.
+
+A row's ``source_prefix`` may end in ``*`` and hold date placeholders resolved from the
+event's time. Finding a flag's rows never scans the table: the partition keys a matching
+row could be stored under are computed from the flag's folder (the exact folder, and
+every character-prefix of it followed by ``*``, for each way the event's date strings in
+it could have been written as placeholders) and fetched with PartiQL ``IN`` lookups
+(at most 50 keys per request), so the cost depends on the length of the flag's key, not
+on the number of rows. Results are cached briefly, so an edited row applies within
+``cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from egress.errors import NO_ROUTE, PermanentError, error_code, translate_client_error
+from egress.messages import FlagEvent
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+PLACEHOLDERS: dict[str, str] = {
+    # longest value first: the HHMMSS form contains the YYYYMMDD one
+    "$TODAYS_YYYYMMDD_HHMMSS_FORMATTED_DATE": "%Y%m%d_%H%M%S",
+    "$TODAYS_YYYYMMDD_FORMATTED_DATE": "%Y%m%d",
+    "$TODAYS_DATE": "%Y-%m-%d",
+}
+TRANSFER_TYPES = ("S3", "SFT")
+COMPRESS_FORMATS = ("gz", "zstd")
+IN_LIMIT = 50  # DynamoDB PartiQL: at most 50 partition-key values in one IN
+
+_PLACEHOLDER_WORD = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
+_BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_KMS_KEY = re.compile(
+    r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[\w-]+|alias/[\w/+=,.@-]+)|alias/[\w/+=,.@-]+|[0-9a-f-]{36}|mrk-[0-9a-f]{32})$"
+)
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def resolve_placeholders(template: str, when: datetime) -> str:
+    """Replace the date placeholders in ``template`` by the values of ``when``."""
+    for name, fmt in PLACEHOLDERS.items():
+        template = template.replace(name, when.strftime(fmt))
+    return template
+
+
+def _as_bool(value: Any, *, column: str, problems: list[str], default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    # The replaced system's rows sometimes hold "true"/"false" strings: accept them.
+    if isinstance(value, str) and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    problems.append(f"{column} must be a boolean, got {value!r}")
+    return default
+
+
+def folder_problems(folder: str, *, column: str) -> list[str]:
+    """Why ``folder`` cannot be a relative folder under the SFT root (empty list if fine)."""
+    problems = []
+    if folder.startswith("/"):
+        problems.append(f"{column} {folder!r} must be relative to the SFT root, not absolute")
+    if "\\" in folder or _CONTROL.search(folder):
+        problems.append(f"{column} {folder!r} holds a backslash or a control character")
+    segments = [segment for segment in folder.strip("/").split("/")]
+    if any(segment in {"..", "."} for segment in segments):
+        problems.append(f"{column} {folder!r} must not contain '.' or '..' segments")
+    if any(segment.startswith(".") and segment not in {".", ".."} for segment in segments):
+        problems.append(f"{column} {folder!r} has a hidden segment the agent would skip")
+    if "//" in folder.strip("/"):
+        problems.append(f"{column} {folder!r} has an empty segment")
+    return problems
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the routes table (column names kept from the replaced system)."""
+
+    source_prefix: str
+    pipeline_name: str
+    recipient_name: str = ""
+    transfer_type: str = ""
+    source_bucket: str = ""
+    destination_bucket: str = ""
+    destination_prefix: str = ""
+    decrypt: bool = False
+    compress: bool = False
+    compress_fmt: str = ""
+    role_arn: str = ""
+    destination_kms_key_id: str = ""
+    timestamp_files: bool = False
+    manifest_file_name: str = ""
+    enabled: bool = True
+    load_problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+    @classmethod
+    def from_plain(cls, row: Mapping[str, Any]) -> Route:
+        """Build from plain Python values (YAML, deserialized DynamoDB); never raises on bad values."""
+        problems: list[str] = []
+        known = {f.name for f in fields(cls)} - {"load_problems"}
+        values: dict[str, Any] = {}
+        for column in known:
+            value = row.get(column)
+            if column in {"decrypt", "compress", "timestamp_files"}:
+                values[column] = _as_bool(value, column=column, problems=problems)
+            elif column == "enabled":
+                values[column] = _as_bool(value, column=column, problems=problems, default=True)
+            elif value is None:
+                values[column] = ""
+            elif isinstance(value, str):
+                values[column] = value
+            else:
+                problems.append(f"{column} must be a string, got {type(value).__name__}")
+                values[column] = str(value)
+        unknown = sorted(set(row) - known)
+        if unknown:
+            problems.append(f"unknown column(s): {', '.join(unknown)}")
+        return cls(**values, load_problems=tuple(problems))
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Route:
+        """Build from a low-level DynamoDB item (``{"S": …}`` values)."""
+        deserializer = TypeDeserializer()
+        return cls.from_plain({name: deserializer.deserialize(value) for name, value in item.items()})
+
+    def to_plain(self) -> dict[str, Any]:
+        """The row as plain values, omitting empty optional columns."""
+        row: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "load_problems":
+                continue
+            value = getattr(self, f.name)
+            if (
+                f.name in {"source_prefix", "pipeline_name"}
+                or value not in ("", False)
+                or f.name == "enabled"
+            ):
+                row[f.name] = value
+        if row.get("enabled") is True:
+            del row["enabled"]
+        return row
+
+    def to_item(self) -> dict[str, Any]:
+        serializer = TypeSerializer()
+        return {name: serializer.serialize(value) for name, value in self.to_plain().items()}
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.source_prefix.endswith("*")
+
+    def problems(self) -> list[str]:
+        """Every reason this row cannot be delivered, each a sentence naming the column."""
+        problems = list(self.load_problems)
+        if not self.source_prefix:
+            problems.append("source_prefix is required")
+        if "*" in self.source_prefix[:-1]:
+            problems.append(f"source_prefix {self.source_prefix!r}: '*' may only be the last character")
+        if not self.pipeline_name:
+            problems.append("pipeline_name is required")
+        if not self.recipient_name:
+            problems.append("recipient_name is required (it labels logs and metrics)")
+        if self.transfer_type not in TRANSFER_TYPES:
+            problems.append(f"transfer_type must be S3 or SFT, got {self.transfer_type!r}")
+        if not self.source_bucket:
+            problems.append("source_bucket is required")
+        elif not _BUCKET.match(self.source_bucket):
+            problems.append(f"source_bucket {self.source_bucket!r} is not a valid bucket name")
+        for column in ("source_prefix", "destination_prefix"):
+            for word in _PLACEHOLDER_WORD.findall(getattr(self, column)):
+                if word not in PLACEHOLDERS:
+                    problems.append(
+                        f"{column}: unknown placeholder {word} (known: {', '.join(PLACEHOLDERS)})"
+                    )
+        if self.transfer_type == "S3":
+            if not self.destination_bucket:
+                problems.append("destination_bucket is required for transfer_type S3")
+            elif not _BUCKET.match(self.destination_bucket):
+                problems.append(f"destination_bucket {self.destination_bucket!r} is not a valid bucket name")
+            if self.destination_prefix.startswith("/"):
+                problems.append(
+                    "destination_prefix must not start with '/' for S3 (keys have no leading slash)"
+                )
+        if self.transfer_type == "SFT":
+            if not self.destination_prefix.strip("/"):
+                problems.append("destination_prefix (the folder under the SFT root) is required for SFT")
+            problems.extend(folder_problems(self.destination_prefix, column="destination_prefix"))
+            for column in ("destination_bucket", "role_arn", "destination_kms_key_id"):
+                if getattr(self, column):
+                    problems.append(f"{column} does not apply to transfer_type SFT")
+        if self.compress and (self.compress_fmt or "gz") not in COMPRESS_FORMATS:
+            problems.append(f"compress_fmt must be gz or zstd, got {self.compress_fmt!r}")
+        if self.compress_fmt and not self.compress:
+            problems.append("compress_fmt is set but compress is not true")
+        if self.role_arn and not _ROLE_ARN.match(self.role_arn):
+            problems.append(f"role_arn {self.role_arn!r} is not an IAM role ARN")
+        if self.destination_kms_key_id and not _KMS_KEY.match(self.destination_kms_key_id):
+            problems.append(
+                f"destination_kms_key_id {self.destination_kms_key_id!r} is not a KMS key id, ARN or alias"
+            )
+        name = self.manifest_file_name
+        if name and ("/" in name or "\\" in name or name.startswith(".") or _CONTROL.search(name)):
+            problems.append(f"manifest_file_name {name!r} must be a plain, visible file name")
+        return problems
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """A row that matches a flag, with everything resolved for this event."""
+
+    route: Route
+    problems: tuple[str, ...]
+    resolved_source_prefix: str  # placeholders resolved, '*' removed
+    delivery_prefix: str  # the folder the flag marks complete (the flag's own folder)
+    destination_prefix: str  # placeholders resolved
+
+
+def placeholder_variants(prefix: str, when: datetime) -> list[str]:
+    """Every way ``prefix`` could have been written with placeholders for date ``when``."""
+    variants = [prefix]
+    for name, fmt in PLACEHOLDERS.items():
+        value = when.strftime(fmt)
+        variants += [variant.replace(value, name) for variant in variants if value in variant]
+    return list(dict.fromkeys(variants))
+
+
+def candidate_keys(flag_prefix: str, when: datetime) -> list[str]:
+    """The partition keys under which a row matching ``flag_prefix`` can be stored."""
+    keys: list[str] = []
+    for variant in placeholder_variants(flag_prefix, when):
+        keys.append(variant)
+        keys.extend(variant[:end] + "*" for end in range(len(variant) + 1))
+    return list(dict.fromkeys(keys))
+
+
+def match_route(route: Route, *, flag_prefix: str, when: datetime) -> RouteMatch | None:
+    """The match of ``route`` for a flag in ``flag_prefix``, or None if it does not match."""
+    resolved = resolve_placeholders(route.source_prefix, when)
+    if route.is_wildcard:
+        resolved = resolved[:-1]
+        if not flag_prefix.startswith(resolved):
+            return None
+    elif resolved != flag_prefix:
+        return None
+    return RouteMatch(
+        route=route,
+        problems=tuple(route.problems()),
+        resolved_source_prefix=resolved,
+        delivery_prefix=flag_prefix,
+        destination_prefix=resolve_placeholders(route.destination_prefix, when),
+    )
+
+
+class RouteTable:
+    """Finds a flag's routes with a bounded number of key lookups, cached briefly."""
+
+    def __init__(
+        self,
+        dynamodb: DynamoDBClient,
+        table_name: str,
+        *,
+        cache_seconds: float = 30.0,
+        cache_size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not _TABLE_NAME.match(table_name):
+            raise ValueError(f"{table_name!r} is not a DynamoDB table name")
+        self._db = dynamodb
+        self._table = table_name
+        self._ttl = cache_seconds
+        self._size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, ...], tuple[float, list[Route]]] = OrderedDict()
+
+    def find(self, event: FlagEvent) -> list[RouteMatch]:
+        """The enabled rows matching the flag (invalid ones carry their problems).
+
+        Raises ``PermanentError(no_route)`` when no enabled row for the event's bucket matches.
+        """
+        flag_prefix = event.prefix
+        when = event.event_time
+        rows = self._rows(flag_prefix, when)
+        matches: list[RouteMatch] = []
+        other_buckets: set[str] = set()
+        disabled = 0
+        for route in rows:
+            match = match_route(route, flag_prefix=flag_prefix, when=when)
+            if match is None:
+                continue
+            if route.source_bucket and route.source_bucket != event.bucket:
+                other_buckets.add(route.source_bucket)
+                continue
+            if not route.enabled:
+                disabled += 1
+                continue
+            matches.append(match)
+        if not matches:
+            detail = f"no route for s3://{event.bucket}/{flag_prefix} in table {self._table}"
+            if other_buckets:
+                detail += f"; {len(other_buckets)} bucket(s) have rows for this prefix: {', '.join(sorted(other_buckets))}"
+            if disabled:
+                detail += f"; {disabled} matching row(s) are disabled"
+            raise PermanentError(NO_ROUTE, detail)
+        matches.sort(key=lambda m: (m.route.source_prefix, m.route.pipeline_name))
+        return matches
+
+    def _rows(self, flag_prefix: str, when: datetime) -> list[Route]:
+        cache_key = (flag_prefix, *(when.strftime(fmt) for fmt in PLACEHOLDERS.values()))
+        now = self._clock()
+        cached = self._cache.get(cache_key)
+        if cached is not None and now - cached[0] < self._ttl:
+            self._cache.move_to_end(cache_key)
+            return cached[1]
+        rows = list(self._lookup(candidate_keys(flag_prefix, when)))
+        self._cache[cache_key] = (now, rows)
+        self._cache.move_to_end(cache_key)
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return rows
+
+    def _lookup(self, keys: list[str]) -> Iterator[Route]:
+        for start in range(0, len(keys), IN_LIMIT):
+            batch = keys[start : start + IN_LIMIT]
+            marks = ", ".join("?" for _ in batch)
+            # The table name is validated in __init__; values are bound parameters.
+            statement = f'SELECT * FROM "{self._table}" WHERE source_prefix IN [{marks}]'  # noqa: S608
+            token: str | None = None
+            while True:
+                request: dict[str, Any] = {
+                    "Statement": statement,
+                    "Parameters": [{"S": key} for key in batch],
+                    "ConsistentRead": True,
+                }
+                if token:
+                    request["NextToken"] = token
+                try:
+                    response = self._db.execute_statement(**request)
+                except (ClientError, BotoCoreError) as exc:
+                    raise translate_client_error(exc, doing=f"looking up routes in {self._table}") from exc
+                for item in response.get("Items", []):
+                    yield Route.from_item(item)
+                token = response.get("NextToken")
+                if not token:
+                    break
+
+
+# -- table helpers for the CLI and the local stack (these may scan; the worker never does) --
+
+
+def create_routes_table(dynamodb: DynamoDBClient, name: str) -> None:
+    """Create the routes table (on-demand) unless it exists."""
+    try:
+        dynamodb.create_table(
+            TableName=name,
+            KeySchema=[
+                {"AttributeName": "source_prefix", "KeyType": "HASH"},
+                {"AttributeName": "pipeline_name", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "source_prefix", "AttributeType": "S"},
+                {"AttributeName": "pipeline_name", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        dynamodb.get_waiter("table_exists").wait(TableName=name)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceInUseException":
+            raise
+
+
+def put_route(dynamodb: DynamoDBClient, table: str, route: Route) -> None:
+    dynamodb.put_item(TableName=table, Item=route.to_item())
+
+
+def delete_route(dynamodb: DynamoDBClient, table: str, *, source_prefix: str, pipeline_name: str) -> bool:
+    """Delete a row; True if it existed."""
+    response = dynamodb.delete_item(
+        TableName=table,
+        Key={"source_prefix": {"S": source_prefix}, "pipeline_name": {"S": pipeline_name}},
+        ReturnValues="ALL_OLD",
+    )
+    return bool(response.get("Attributes"))
+
+
+def get_route(
+    dynamodb: DynamoDBClient, table: str, *, source_prefix: str, pipeline_name: str
+) -> Route | None:
+    item = dynamodb.get_item(
+        TableName=table,
+        Key={"source_prefix": {"S": source_prefix}, "pipeline_name": {"S": pipeline_name}},
+        ConsistentRead=True,
+    ).get("Item")
+    return Route.from_item(item) if item else None
+
+
+def scan_routes(dynamodb: DynamoDBClient, table: str) -> Iterable[Route]:
+    """Every row (operators' tools only)."""
+    for page in dynamodb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for item in page.get("Items", []):
+            yield Route.from_item(item)
