@@ -4,8 +4,8 @@ A row's ``source_prefix`` may end in ``*`` and hold date placeholders resolved f
 event's time. Finding a flag's rows never scans the table: the partition keys a matching
 row could be stored under are computed from the flag's folder (the exact folder, and
 every character-prefix of it followed by ``*``, for each way the event's date strings in
-it could have been written as placeholders) and fetched with PartiQL ``IN`` lookups
-(at most 50 keys per request), so the cost depends on the length of the flag's key, not
+it could have been written as placeholders) and fetched with PartiQL key lookups
+(``source_prefix = ? OR …``, at most 50 keys per request), so the cost depends on the length of the flag's key, not
 on the number of rows. Results are cached briefly, so an edited row applies within
 ``cache_seconds``.
 """
@@ -37,7 +37,7 @@ PLACEHOLDERS: dict[str, str] = {
 }
 TRANSFER_TYPES = ("S3", "SFT")
 COMPRESS_FORMATS = ("gz", "zstd")
-IN_LIMIT = 50  # DynamoDB PartiQL: at most 50 partition-key values in one IN
+IN_LIMIT = 50  # DynamoDB PartiQL: at most 50 partition-key values in one statement
 
 _PLACEHOLDER_WORD = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 _BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -333,9 +333,11 @@ class RouteTable:
     def _lookup(self, keys: list[str]) -> Iterator[Route]:
         for start in range(0, len(keys), IN_LIMIT):
             batch = keys[start : start + IN_LIMIT]
-            marks = ", ".join("?" for _ in batch)
-            # The table name is validated in __init__; values are bound parameters.
-            statement = f'SELECT * FROM "{self._table}" WHERE source_prefix IN [{marks}]'  # noqa: S608
+            # OR of partition-key equalities is a keyed lookup in DynamoDB (no scan), like IN;
+            # it is used rather than IN because moto's PartiQL only honours IN's first value.
+            condition = " OR ".join("source_prefix = ?" for _ in batch)
+            # The table name is validated in __init__; the keys are bound parameters.
+            statement = f'SELECT * FROM "{self._table}" WHERE {condition}'  # noqa: S608
             token: str | None = None
             while True:
                 request: dict[str, Any] = {
