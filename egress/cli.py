@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the egress worker daemon (config from the environment)")
     run.add_argument("--config", type=Path, default=None, help="YAML settings file (environment wins)")
     run.set_defaults(handler=_run)
-    from egress import local, routes_cli
+    from egress import local, ops_cli, routes_cli
 
     routes_cli.configure(commands)
+    ops_cli.configure(commands)
     local.configure(commands)
     return parser
 

@@ -274,5 +274,11 @@ class Ledger:
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
     from boto3.dynamodb.types import TypeDeserializer
 
+    from decimal import Decimal
+
     deserializer = TypeDeserializer()
-    return {name: deserializer.deserialize(value) for name, value in item.items()}
+    row = {name: deserializer.deserialize(value) for name, value in item.items()}
+    return {
+        name: (int(value) if isinstance(value, Decimal) and value == value.to_integral_value() else value)
+        for name, value in row.items()
+    }

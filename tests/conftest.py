@@ -44,8 +44,12 @@ def _aws_test_credentials() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real moto server (HTTP) on a free loopback port, for the whole session."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # werkzeug logs every request; the tests' output should show failures, not traffic
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

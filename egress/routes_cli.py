@@ -1,0 +1,446 @@
+"""``egress routes …``: operators' tools for the routes table, validating every write."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from botocore.exceptions import BotoCoreError, ClientError
+
+from egress.errors import EgressError, PermanentError, translate_client_error
+from egress.messages import FlagEvent
+from egress.plan import destination_name
+from egress.routing import (
+    Route,
+    RouteTable,
+    delete_route,
+    get_route,
+    put_route,
+    scan_routes,
+)
+from egress.sources import list_objects
+
+if TYPE_CHECKING:
+    from egress.cli import CliContext
+
+TABLE_COLUMNS = ("source_prefix", "pipeline_name", "transfer_type", "recipient_name", "destination", "flags")
+
+
+def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``routes`` and its subcommands to the ``egress`` command."""
+    routes = commands.add_parser("routes", help="list, change, validate and explain routes")
+    sub = routes.add_subparsers(dest="routes_command", required=True, metavar="COMMAND")
+
+    listing = sub.add_parser("list", help="every row, as a table or for scripts")
+    _output(listing)
+    listing.set_defaults(handler=_list)
+
+    get = sub.add_parser("get", help="one row")
+    get.add_argument("source_prefix")
+    get.add_argument("pipeline_name")
+    _output(get, default="yaml")
+    get.set_defaults(handler=_get)
+
+    put = sub.add_parser("put", help="write one row (validated first)")
+    put.add_argument("--file", type=Path, help="YAML file with the row's columns")
+    for column in (
+        "source_prefix",
+        "pipeline_name",
+        "recipient_name",
+        "transfer_type",
+        "source_bucket",
+        "destination_bucket",
+        "destination_prefix",
+        "compress_fmt",
+        "role_arn",
+        "destination_kms_key_id",
+        "manifest_file_name",
+    ):
+        put.add_argument(f"--{column.replace('_', '-')}", dest=column)
+    for flag in ("decrypt", "compress", "timestamp_files"):
+        put.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action=argparse.BooleanOptionalAction)
+    put.add_argument("--disabled", action="store_true", help="keep the row but deliver nothing")
+    put.set_defaults(handler=_put)
+
+    delete = sub.add_parser("delete", help="delete one row")
+    delete.add_argument("source_prefix")
+    delete.add_argument("pipeline_name")
+    delete.set_defaults(handler=_delete)
+
+    validate = sub.add_parser("validate", help="check every row; exit 1 if any is invalid")
+    _output(validate)
+    validate.set_defaults(handler=_validate)
+
+    explain = sub.add_parser("explain", help="which rows match a flag and what each object would be named")
+    explain.add_argument("flag_uri", metavar="S3_URI_OF_FLAG")
+    explain.add_argument("--date", help="event time (YYYY-MM-DD or ISO); default now")
+    explain.add_argument("--flag-name", default="pipeline_success.flag")
+    explain.add_argument("--limit", type=int, default=200, help="objects listed per route at most")
+    _output(explain)
+    explain.set_defaults(handler=_explain)
+
+    export = sub.add_parser("export", help="every row as YAML (what apply reads)")
+    export.add_argument("--file", type=Path, help="write here instead of standard output")
+    export.set_defaults(handler=_export)
+
+    apply = sub.add_parser("apply", help="make the table match a YAML file: diff, confirm, write")
+    apply.add_argument("file", type=Path)
+    apply.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    apply.add_argument("--prune", action="store_true", help="delete rows that are not in the file")
+    apply.set_defaults(handler=_apply)
+
+
+def _output(parser: argparse.ArgumentParser, *, default: str = "table") -> None:
+    parser.add_argument("--output", "-o", choices=["table", "json", "yaml"], default=default)
+
+
+def _print_rows(rows: Sequence[dict[str, Any]], fmt: str, ctx: CliContext) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str, ensure_ascii=False), file=ctx.out)
+    elif fmt == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False, allow_unicode=True).rstrip(), file=ctx.out)
+
+
+def _summary(route: Route) -> dict[str, str]:
+    destination = (
+        f"s3://{route.destination_bucket}/{route.destination_prefix}"
+        if route.transfer_type == "S3"
+        else f"sft:{route.destination_prefix}"
+    )
+    flags = [name for name in ("decrypt", "compress", "timestamp_files") if getattr(route, name)]
+    if route.manifest_file_name:
+        flags.append("manifest")
+    if route.role_arn:
+        flags.append("cross-account")
+    if not route.enabled:
+        flags.append("DISABLED")
+    return {
+        "source_prefix": route.source_prefix,
+        "pipeline_name": route.pipeline_name,
+        "transfer_type": route.transfer_type,
+        "recipient_name": route.recipient_name,
+        "destination": destination,
+        "flags": ",".join(flags) or "-",
+    }
+
+
+def _table(rows: Iterable[dict[str, str]], columns: Sequence[str], ctx: CliContext) -> None:
+    rows = list(rows)
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip(), file=ctx.out)
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip(), file=ctx.out)
+
+
+def _all_routes(ctx: CliContext) -> list[Route]:
+    try:
+        routes = list(scan_routes(ctx.clients.dynamodb, ctx.routes_table))
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_client_error(exc, doing=f"reading table {ctx.routes_table}") from exc
+    return sorted(routes, key=lambda r: (r.source_prefix, r.pipeline_name))
+
+
+def _fail(ctx: CliContext, message: str, code: int = 1) -> int:
+    print(f"egress routes: {message}", file=ctx.err)
+    return code
+
+
+def _guard(handler: Any) -> Any:
+    def wrapped(args: argparse.Namespace, ctx: CliContext) -> int:
+        try:
+            return int(handler(args, ctx))
+        except EgressError as exc:
+            return _fail(ctx, f"{exc.reason}: {exc.detail}")
+        except (ClientError, BotoCoreError) as exc:
+            error = translate_client_error(exc, doing=f"using table {ctx.routes_table}")
+            return _fail(ctx, f"{error.reason}: {error.detail}")
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+@_guard
+def _list(args: argparse.Namespace, ctx: CliContext) -> int:
+    routes = _all_routes(ctx)
+    if args.output == "table":
+        _table((_summary(r) for r in routes), TABLE_COLUMNS, ctx)
+        print(f"{len(routes)} route(s) in {ctx.routes_table}", file=ctx.out)
+    else:
+        _print_rows([r.to_plain() for r in routes], args.output, ctx)
+    return 0
+
+
+@_guard
+def _get(args: argparse.Namespace, ctx: CliContext) -> int:
+    route = get_route(
+        ctx.clients.dynamodb,
+        ctx.routes_table,
+        source_prefix=args.source_prefix,
+        pipeline_name=args.pipeline_name,
+    )
+    if route is None:
+        return _fail(ctx, f"no row ({args.source_prefix!r}, {args.pipeline_name!r}) in {ctx.routes_table}")
+    if args.output == "table":
+        for column, value in route.to_plain().items():
+            print(f"{column:<24}{value}", file=ctx.out)
+    else:
+        _print_rows([route.to_plain()], args.output, ctx)
+    problems = route.problems()
+    for problem in problems:
+        print(f"INVALID: {problem}", file=ctx.err)
+    return 1 if problems else 0
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PermanentError("bad_file", f"cannot read {path}: {exc}") from exc
+
+
+@_guard
+def _put(args: argparse.Namespace, ctx: CliContext) -> int:
+    row: dict[str, Any] = {}
+    if args.file:
+        loaded = _read_yaml(args.file)
+        if not isinstance(loaded, dict):
+            return _fail(ctx, f"{args.file} must hold one row (a mapping of columns)")
+        row.update(loaded)
+    for column in (
+        "source_prefix",
+        "pipeline_name",
+        "recipient_name",
+        "transfer_type",
+        "source_bucket",
+        "destination_bucket",
+        "destination_prefix",
+        "compress_fmt",
+        "role_arn",
+        "destination_kms_key_id",
+        "manifest_file_name",
+        "decrypt",
+        "compress",
+        "timestamp_files",
+    ):
+        value = getattr(args, column)
+        if value is not None:
+            row[column] = value
+    if args.disabled:
+        row["enabled"] = False
+    route = Route.from_plain(row)
+    problems = route.problems()
+    if problems:
+        for problem in problems:
+            print(f"refused: {problem}", file=ctx.err)
+        return _fail(
+            ctx,
+            f"row ({route.source_prefix!r}, {route.pipeline_name!r}) not written: {len(problems)} problem(s)",
+        )
+    put_route(ctx.clients.dynamodb, ctx.routes_table, route)
+    print(f"written ({route.source_prefix!r}, {route.pipeline_name!r}) to {ctx.routes_table}", file=ctx.out)
+    return 0
+
+
+@_guard
+def _delete(args: argparse.Namespace, ctx: CliContext) -> int:
+    existed = delete_route(
+        ctx.clients.dynamodb,
+        ctx.routes_table,
+        source_prefix=args.source_prefix,
+        pipeline_name=args.pipeline_name,
+    )
+    if not existed:
+        return _fail(ctx, f"no row ({args.source_prefix!r}, {args.pipeline_name!r}) in {ctx.routes_table}")
+    print(f"deleted ({args.source_prefix!r}, {args.pipeline_name!r})", file=ctx.out)
+    return 0
+
+
+@_guard
+def _validate(args: argparse.Namespace, ctx: CliContext) -> int:
+    routes = _all_routes(ctx)
+    bad = [(route, route.problems()) for route in routes]
+    bad = [(route, problems) for route, problems in bad if problems]
+    if args.output in ("json", "yaml"):
+        _print_rows(
+            [
+                {"source_prefix": r.source_prefix, "pipeline_name": r.pipeline_name, "problems": p}
+                for r, p in bad
+            ],
+            args.output,
+            ctx,
+        )
+    else:
+        for route, problems in bad:
+            print(f"{route.source_prefix} / {route.pipeline_name}:", file=ctx.out)
+            for problem in problems:
+                print(f"  - {problem}", file=ctx.out)
+        print(
+            f"{len(routes) - len(bad)} valid, {len(bad)} invalid row(s) in {ctx.routes_table}", file=ctx.out
+        )
+    return 1 if bad else 0
+
+
+def _parse_when(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@_guard
+def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
+    uri: str = args.flag_uri
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        return _fail(ctx, f"{uri!r} is not an s3://bucket/key URI", 2)
+    bucket, key = uri[5:].split("/", 1)
+    try:
+        when = _parse_when(args.date)
+    except ValueError:
+        return _fail(ctx, f"--date {args.date!r} is not a date or ISO time", 2)
+    event = FlagEvent(bucket=bucket, key=key, event_time=when)
+    if key.rsplit("/", 1)[-1] != args.flag_name:
+        print(f"note: {key!r} is not a {args.flag_name}; the worker would ignore it", file=ctx.out)
+    try:
+        matches = RouteTable(ctx.clients.dynamodb, ctx.routes_table, cache_seconds=0).find(event)
+    except PermanentError as exc:
+        print(f"{exc.reason}: {exc.detail}", file=ctx.out)
+        return 1
+    report: list[dict[str, Any]] = []
+    for match in matches:
+        entry: dict[str, Any] = {**_summary(match.route), "problems": list(match.problems), "objects": []}
+        if not match.problems:
+            listing = list_objects(
+                ctx.clients.s3, bucket=bucket, prefix=match.delivery_prefix, flag_name=args.flag_name
+            )
+            for obj in listing:
+                if len(entry["objects"]) >= args.limit:
+                    entry["truncated"] = True
+                    break
+                try:
+                    name = destination_name(match, obj.key, event_time=when)
+                except PermanentError as exc:
+                    name = f"REFUSED ({exc.reason}: {exc.detail})"
+                entry["objects"].append({"source_key": obj.key, "size": obj.size, "destination": name})
+        report.append(entry)
+    if args.output != "table":
+        _print_rows(report, args.output, ctx)
+    else:
+        print(
+            f"{event.uri} (event date {when.date().isoformat()}): {len(report)} matching row(s)", file=ctx.out
+        )
+        for entry in report:
+            print(
+                f"\n{entry['source_prefix']} / {entry['pipeline_name']} -> {entry['destination']} "
+                f"[{entry['flags']}]",
+                file=ctx.out,
+            )
+            for problem in entry["problems"]:
+                print(f"  INVALID: {problem}", file=ctx.out)
+            for obj in entry["objects"]:
+                print(f"  {obj['source_key']}  ->  {obj['destination']}", file=ctx.out)
+            if not entry["problems"] and not entry["objects"]:
+                print("  (no objects under the flag's folder yet)", file=ctx.out)
+    return 1 if any(entry["problems"] for entry in report) else 0
+
+
+def _export_text(routes: Sequence[Route]) -> str:
+    return yaml.safe_dump({"routes": [r.to_plain() for r in routes]}, sort_keys=False, allow_unicode=True)
+
+
+@_guard
+def _export(args: argparse.Namespace, ctx: CliContext) -> int:
+    text = _export_text(_all_routes(ctx))
+    if args.file:
+        args.file.write_text(text, encoding="utf-8")
+        print(f"exported to {args.file}", file=ctx.out)
+    else:
+        print(text.rstrip(), file=ctx.out)
+    return 0
+
+
+def _diff(old: Route, new: Route) -> list[str]:
+    before, after = old.to_plain(), new.to_plain()
+    changes = []
+    for column in sorted(set(before) | set(after)):
+        if before.get(column) != after.get(column):
+            changes.append(f"{column}: {before.get(column, '(unset)')!r} -> {after.get(column, '(unset)')!r}")
+    return changes
+
+
+@_guard
+def _apply(args: argparse.Namespace, ctx: CliContext) -> int:
+    loaded = _read_yaml(args.file)
+    rows = loaded.get("routes") if isinstance(loaded, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        return _fail(ctx, f"{args.file} must hold `routes:` followed by a list of rows")
+    wanted = [Route.from_plain(row) for row in rows]
+    refused = [(route, route.problems()) for route in wanted]
+    refused = [(route, problems) for route, problems in refused if problems]
+    keys = [(r.source_prefix, r.pipeline_name) for r in wanted]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if refused or duplicates:
+        for route, problems in refused:
+            for problem in problems:
+                print(f"refused {route.source_prefix} / {route.pipeline_name}: {problem}", file=ctx.err)
+        for prefix, pipeline in duplicates:
+            print(f"refused: ({prefix!r}, {pipeline!r}) appears more than once", file=ctx.err)
+        return _fail(ctx, f"nothing applied: {len(refused) + len(duplicates)} bad row(s) in {args.file}")
+    current = {(r.source_prefix, r.pipeline_name): r for r in _all_routes(ctx)}
+    added = [r for r in wanted if (r.source_prefix, r.pipeline_name) not in current]
+    changed = [
+        (current[(r.source_prefix, r.pipeline_name)], r)
+        for r in wanted
+        if (r.source_prefix, r.pipeline_name) in current and current[(r.source_prefix, r.pipeline_name)] != r
+    ]
+    wanted_keys = set(keys)
+    removed = [r for key, r in current.items() if key not in wanted_keys] if args.prune else []
+    unchanged = len(wanted) - len(added) - len(changed)
+    for route in added:
+        print(
+            f"+ {route.source_prefix} / {route.pipeline_name} -> {_summary(route)['destination']}",
+            file=ctx.out,
+        )
+    for old, new in changed:
+        print(f"~ {new.source_prefix} / {new.pipeline_name}", file=ctx.out)
+        for change in _diff(old, new):
+            print(f"    {change}", file=ctx.out)
+    for route in removed:
+        print(f"- {route.source_prefix} / {route.pipeline_name}", file=ctx.out)
+    not_in_file = len(current) - len(wanted_keys & set(current)) - len(removed)
+    summary = (
+        f"{len(added)} to add, {len(changed)} to change, {len(removed)} to delete, {unchanged} unchanged"
+    )
+    if not_in_file:
+        summary += f" ({not_in_file} row(s) not in the file kept; --prune deletes them)"
+    print(summary, file=ctx.out)
+    if not (added or changed or removed):
+        print("no changes", file=ctx.out)
+        return 0
+    if not args.yes:
+        stdin = ctx.stdin
+        if not stdin.isatty() and stdin is sys.stdin:
+            return _fail(ctx, "refusing to apply without confirmation: no terminal; pass --yes")
+        print("Apply these changes? [y/N] ", end="", file=ctx.out, flush=True)
+        answer = stdin.readline().strip().lower()
+        if answer not in {"y", "yes"}:
+            print("nothing applied", file=ctx.out)
+            return 1
+    for route in added:
+        put_route(ctx.clients.dynamodb, ctx.routes_table, route)
+    for _, route in changed:
+        put_route(ctx.clients.dynamodb, ctx.routes_table, route)
+    for route in removed:
+        delete_route(
+            ctx.clients.dynamodb,
+            ctx.routes_table,
+            source_prefix=route.source_prefix,
+            pipeline_name=route.pipeline_name,
+        )
+    print(f"applied to {ctx.routes_table}", file=ctx.out)
+    return 0
