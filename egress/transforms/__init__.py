@@ -1,0 +1,1 @@
+"""Stream transforms: each wraps an iterator of byte chunks and returns one (decrypt, compress)."""
