@@ -11,7 +11,9 @@ by ETag: every empty flag has the same ETag, and a re-run must be delivered agai
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,6 +118,10 @@ class Ledger:
         self._lease = lease_seconds
         self._ttl = ttl_days * 86400
         self._clock = clock
+        # One token per claim: two deliveries of the same flag in one process (a duplicate
+        # notification handled concurrently) must not both hold the lease.
+        self._tokens: dict[str, str] = {}
+        self._tokens_lock = threading.Lock()
 
     @_aws_retry
     def begin(self, key: DeliveryKey, *, recipient: str, transfer_type: str) -> Claim:
@@ -124,8 +130,9 @@ class Ledger:
         Raises ``RetryableError(in_progress_elsewhere)`` while another worker's lease holds.
         """
         now = self._clock()
+        token = f"{self._owner}/{uuid.uuid4().hex[:12]}"
         values: dict[str, Any] = {
-            ":owner": {"S": self._owner},
+            ":owner": {"S": token},
             ":lease": {"N": str(int(now + self._lease))},
             ":now": {"N": str(int(now))},
             ":delivered": {"S": DELIVERED},
@@ -155,11 +162,13 @@ class Ledger:
                 ),
                 ConditionExpression=(
                     "attribute_not_exists(delivery_id) OR "
-                    "(#status <> :delivered AND (lease_until < :now OR #owner = :owner))"
+                    "(#status <> :delivered AND lease_until < :now)"
                 ),
                 ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
                 ExpressionAttributeValues=values,
             )
+            with self._tokens_lock:
+                self._tokens[key.delivery_id] = token
             return Claim.ACQUIRED
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
@@ -201,6 +210,7 @@ class Ledger:
             doing="finishing a ledger row",
             names={"#status": "status"},
         )
+        self._forget(key)
 
     @_aws_retry
     def fail(self, key: DeliveryKey, *, reason: str) -> None:
@@ -217,6 +227,11 @@ class Ledger:
             doing="releasing a ledger row",
             names={"#status": "status"},
         )
+        self._forget(key)
+
+    def _forget(self, key: DeliveryKey) -> None:
+        with self._tokens_lock:
+            self._tokens.pop(key.delivery_id, None)
 
     def history(self, *, limit: int = 1000) -> Iterator[dict[str, Any]]:
         """Ledger rows, newest first within each page (operators' audit trail; scans)."""
@@ -251,7 +266,9 @@ class Ledger:
         names: dict[str, str] | None = None,
     ) -> None:
         names = {**(names or {}), "#owner": "owner"}
-        values = {**values, ":me": {"S": self._owner}}
+        with self._tokens_lock:
+            token = self._tokens.get(key.delivery_id, "")
+        values = {**values, ":me": {"S": token}}
         try:
             self._db.update_item(
                 TableName=self._table,
@@ -272,9 +289,9 @@ class Ledger:
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeDeserializer
-
     from decimal import Decimal
+
+    from boto3.dynamodb.types import TypeDeserializer
 
     deserializer = TypeDeserializer()
     row = {name: deserializer.deserialize(value) for name, value in item.items()}
