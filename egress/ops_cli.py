@@ -193,7 +193,7 @@ def _receive_dlq(ctx: CliContext, dlq_url: str, limit: int) -> list[dict[str, An
         if not messages:
             break
         for message in messages:
-            seen.setdefault(message["MessageId"], message)
+            seen.setdefault(message["MessageId"], dict(message))
     return list(seen.values())
 
 

@@ -330,7 +330,7 @@ def assume_role_s3(aws: AwsClients, *, role_arn: str, session_name: str, cache: 
     """An S3 client acting as ``role_arn``; credentials cached until 5 minutes before expiry."""
     entry = cache.get(role_arn)
     if entry is not None and entry["expires"] - time.time() > 300:
-        return entry["client"]  # type: ignore[no-any-return]
+        return entry["client"]
     try:
         response = aws.sts.assume_role(
             RoleArn=role_arn, RoleSessionName=session_name[:64], DurationSeconds=3600

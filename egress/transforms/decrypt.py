@@ -134,7 +134,7 @@ def _esdk_provider(kms: KMSClient, key_ids: Sequence[str]) -> StrictAwsKmsMaster
     endpoint = kms.meta.endpoint_url
     config = kms.meta.config
 
-    class _Provider(StrictAwsKmsMasterKeyProvider):  # type: ignore[misc]
+    class _Provider(StrictAwsKmsMasterKeyProvider):
         def add_regional_client(self, region_name: str) -> None:
             # The ESDK would build a default client (no custom endpoint): build ours instead.
             if region_name not in self._regional_clients:
