@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from egress.routing import create_routes_table
 
 from egress.aws import AwsClients
 from egress.ledger import create_ledger_table
+from egress.routing import create_routes_table
 from tests.conftest import REGION, free_port
 
 FLAG = "pipeline_success.flag"

@@ -7,8 +7,8 @@ import os
 from collections.abc import Callable
 
 import pytest
-from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream
 
+from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream
 from tests.e2e.conftest import FLAG, Stack, WorkerProcess
 
 PLAIN = os.urandom(3 * 1024 * 1024 + 123)  # several ESDK frames and CTR blocks, odd length
