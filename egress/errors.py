@@ -141,3 +141,7 @@ def translate_client_error(exc: BaseException, *, doing: str) -> EgressError:
     if isinstance(exc, BotoCoreError):
         return RetryableError(TRANSIENT, f"{doing}: {type(exc).__name__}: {exc}")
     return RetryableError(TRANSIENT, f"{doing}: {type(exc).__name__}: {exc}")
+
+# Appended by the destinations (permanent): a stream longer than 10,000 parts of the
+# configured part size, S3's limit for one multipart upload.
+OBJECT_TOO_LARGE: Final = "object_too_large"

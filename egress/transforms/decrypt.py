@@ -27,7 +27,7 @@ import aws_encryption_sdk
 import boto3
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError, DecryptKeyError
 from aws_encryption_sdk.identifiers import AlgorithmSuite, CommitmentPolicy
-from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
+from aws_encryption_sdk.key_providers.kms import KMSMasterKey, StrictAwsKmsMasterKeyProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -38,6 +38,7 @@ from egress.errors import (
     KEY_NOT_ALLOWED,
     KMS_UNAVAILABLE,
     UNKNOWN_ENCRYPTION,
+    EgressError,
     PermanentError,
     RetryableError,
     error_code,
@@ -77,8 +78,11 @@ _S3EC_KEYS = frozenset(
         "x-amz-t",
     }
 )
-_ESDK_V1_SUITES = frozenset(s.algorithm_id for s in AlgorithmSuite if s.message_format_version == 1)
-_ESDK_V2_SUITES = frozenset(s.algorithm_id for s in AlgorithmSuite if s.message_format_version == 2)
+_ESDK_V1_SUITES = {s.algorithm_id: s for s in AlgorithmSuite if s.message_format_version == 1}
+_ESDK_V2_SUITES = {s.algorithm_id: s for s in AlgorithmSuite if s.message_format_version == 2}
+# How many leading bytes detection looks at: enough for any ESDK header we accept
+# (at most 5 encrypted data keys of a few hundred bytes each).
+_HEAD_BYTES = 128 * 1024
 _KMS_AUTH_CODES = frozenset(
     {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
 )
@@ -101,7 +105,18 @@ def _strip_meta(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 def _key_id_matches(key_id: str, allowed: Sequence[str]) -> bool:
-    return any(key_id == arn or key_id == arn.rsplit("/", 1)[-1] for arn in allowed)
+    """Whether a key named by ARN or bare key id is one of ``allowed`` (ARNs or key ids).
+
+    Two full ARNs must be equal; otherwise the key ids (the last path segment) are compared.
+    """
+    for entry in allowed:
+        if key_id == entry:
+            return True
+        if key_id.startswith("arn:") and entry.startswith("arn:"):
+            continue
+        if key_id.rsplit("/", 1)[-1] == entry.rsplit("/", 1)[-1] and "alias/" not in key_id + entry:
+            return True
+    return False
 
 
 class _DataKeyCache:
@@ -129,22 +144,153 @@ class _DataKeyCache:
                 self._entries.popitem(last=False)
 
 
+class _Short(Exception):  # noqa: N818 - internal control flow
+    """The head ended before the header did."""
+
+
+class _HeaderReader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def take(self, size: int) -> bytes:
+        if self._pos + size > len(self._data):
+            raise _Short
+        piece = self._data[self._pos : self._pos + size]
+        self._pos += size
+        return piece
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+
+def _valid_aad(aad: bytes) -> bool:
+    """The serialized encryption context: a pair count, then length-prefixed keys and values."""
+    if not aad:
+        return True
+    reader = _HeaderReader(aad)
+    try:
+        count = reader.u16()
+        if count == 0:
+            return False
+        for _ in range(2 * count):
+            reader.take(reader.u16())
+    except _Short:
+        return False
+    return reader._pos == len(aad)
+
+
+def looks_like_esdk(head: bytes) -> bool:
+    """Whether ``head`` starts an AWS Encryption SDK message (format v1 or v2).
+
+    Checks the header structure, not just the first bytes: version and type, a known
+    algorithm suite, a well-formed encryption context, 1..n encrypted data keys with
+    non-empty provider ids, a known content type and (v1) the reserved zeros and IV
+    length. The whole header must lie within ``head`` (:meth:`Decryptor.decrypt` looks
+    at the first 128 KiB): random bytes that merely start like a header are not taken
+    for a message.
+    """
+    reader = _HeaderReader(head)
+    try:
+        version = reader.u8()
+        if version == 1:
+            if reader.u8() != 0x80:
+                return False
+            suite = _ESDK_V1_SUITES.get(reader.u16())
+            message_id_length = 16
+        elif version == 2:
+            suite = _ESDK_V2_SUITES.get(reader.u16())
+            message_id_length = 32
+        else:
+            return False
+        if suite is None:
+            return False
+        reader.take(message_id_length)
+        aad_length = reader.u16()
+        if not _valid_aad(reader.take(aad_length)):
+            return False
+        key_count = reader.u16()
+        if key_count == 0:
+            return False
+        for _ in range(key_count):
+            if not reader.take(reader.u16()):  # key provider id
+                return False
+            reader.take(reader.u16())  # key provider info
+            if not reader.take(reader.u16()):  # the encrypted data key
+                return False
+        if reader.u8() not in (1, 2):  # content type: non-framed, framed
+            return False
+        # v1: four reserved zero bytes and the suite's IV length
+        if version == 1 and (reader.take(4) != b"\x00\x00\x00\x00" or reader.u8() != suite.iv_len):
+            return False
+    except _Short:
+        return False
+    return True
+
+
+# Errors KMS returned inside the Encryption SDK, which normalises every ``ClientError``
+# into a ``DecryptKeyError`` ("unable to decrypt any data key") and so would turn a
+# throttled or unreachable KMS into a permanent "key not allowed". Recorded per thread:
+# the ESDK calls KMS on the thread that iterates the plaintext.
+_kms_failures = threading.local()
+
+
+def _recorded_failures() -> list[ClientError]:
+    failures: list[ClientError] | None = getattr(_kms_failures, "errors", None)
+    if failures is None:
+        failures = _kms_failures.errors = []
+    return failures
+
+
+class _RecordingKmsMasterKey(KMSMasterKey):
+    """A KMS master key that remembers why KMS refused, before the ESDK hides it."""
+
+    def _decrypt_data_key(self, encrypted_data_key: Any, algorithm: Any, encryption_context: Any = None) -> Any:
+        try:
+            return super()._decrypt_data_key(encrypted_data_key, algorithm, encryption_context)
+        except DecryptKeyError as exc:
+            if isinstance(exc.__cause__, ClientError):
+                _recorded_failures().append(exc.__cause__)
+            raise
+
+
 def _esdk_provider(kms: KMSClient, key_ids: Sequence[str]) -> StrictAwsKmsMasterKeyProvider:
-    """A strict KMS master key provider whose clients use our endpoint and botocore config."""
+    """A strict KMS master key provider that calls KMS through OUR client.
+
+    The ESDK would otherwise build its own clients from a default boto3 session: no
+    custom endpoint (the local stack, VPC endpoints) and not our botocore config. We
+    override ``add_regional_client`` (called for the configured region and for the
+    region of each key ARN): our client serves its own region as it is — deliberately
+    not passed through ``_register_client``, which would monkey-patch every method of a
+    client the rest of the worker shares; botocore's retries already handle transient
+    faults — and a key in another region gets a client with our endpoint and config.
+    """
     endpoint = kms.meta.endpoint_url
     config = kms.meta.config
+    own_region = kms.meta.region_name
+    # A regional AWS endpoint names its region and must not serve another; a custom
+    # endpoint (moto, LocalStack) serves every region.
+    cross_region_endpoint = None if own_region in endpoint else endpoint
 
     class _Provider(StrictAwsKmsMasterKeyProvider):
-        def add_regional_client(self, region_name: str) -> None:
-            # The ESDK would build a default client (no custom endpoint): build ours instead.
-            if region_name not in self._regional_clients:
-                client = boto3.session.Session().client(
-                    "kms", region_name=region_name, endpoint_url=endpoint, config=config
-                )
-                self._register_client(client, region_name)
-                self._regional_clients[region_name] = client
+        master_key_class = _RecordingKmsMasterKey
 
-    return _Provider(key_ids=list(key_ids))
+        def add_regional_client(self, region_name: str) -> None:
+            if region_name in self._regional_clients:
+                return
+            if region_name == own_region:
+                self._regional_clients[region_name] = kms
+                return
+            session = boto3.session.Session()
+            self._regional_clients[region_name] = session.client(
+                "kms", region_name=region_name, endpoint_url=cross_region_endpoint, config=config
+            )
+
+    # region_names: the default region is our client's, not the default botocore session's.
+    return _Provider(key_ids=list(key_ids), region_names=[own_region])
 
 
 class Decryptor:
@@ -183,9 +329,7 @@ class Decryptor:
             return EncryptionFormat.ENVELOPE
         if _S3EC_KEYS & set(meta):
             return EncryptionFormat.S3EC
-        if len(head) >= 4 and head[:2] == b"\x01\x80" and int.from_bytes(head[2:4], "big") in _ESDK_V1_SUITES:
-            return EncryptionFormat.ESDK
-        if len(head) >= 3 and head[0] == 0x02 and int.from_bytes(head[1:3], "big") in _ESDK_V2_SUITES:
+        if looks_like_esdk(head):
             return EncryptionFormat.ESDK
         return EncryptionFormat.NONE
 
@@ -195,14 +339,16 @@ class Decryptor:
     ) -> Iterator[bytes]:
         """Plaintext chunks of ``chunks``; raises the reason if the object cannot be trusted."""
         iterator = iter(chunks)
-        head = b""
-        for first in iterator:
-            head = first
-            if len(head) >= 4:
+        # Peek: gather the first few KiB (usually the first chunk alone) for detection,
+        # then yield them again ahead of the rest.
+        pieces: list[bytes] = []
+        gathered = 0
+        for piece in iterator:
+            pieces.append(piece)
+            gathered += len(piece)
+            if gathered >= _HEAD_BYTES:
                 break
-            # A tiny first chunk: gather a few more bytes so detection sees a full header.
-            head += b"".join(next(iterator, b"") for _ in range(3))
-            break
+        head = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         stream = chain([head], iterator) if head else iterator
         fmt = self.detect(metadata=metadata, head=head)
         if fmt is EncryptionFormat.ENVELOPE:
@@ -249,12 +395,15 @@ class Decryptor:
     @staticmethod
     def _ctr_stream(decryptor: Any, chunks: Iterator[bytes]) -> Iterator[bytes]:
         buffer = bytearray()
+        view = memoryview(buffer)
         for chunk in chunks:
             # update_into a reused buffer: the fastest path (MEASURED.md), one copy out.
             if len(buffer) < len(chunk) + 15:
+                view.release()
                 buffer = bytearray(len(chunk) + 15)
+                view = memoryview(buffer)
             written = decryptor.update_into(chunk, buffer)
-            yield bytes(buffer[:written])
+            yield bytes(view[:written])
         tail = decryptor.finalize()
         if tail:
             yield tail
@@ -267,17 +416,7 @@ class Decryptor:
         try:
             response = self._kms.decrypt(CiphertextBlob=blob, KeyId=key_id)
         except ClientError as exc:
-            code = error_code(exc)
-            if code in _KMS_AUTH_CODES:
-                raise PermanentError(
-                    AUTHENTICATION_FAILED, f"{source}: KMS refused the data key ({code})"
-                ) from exc
-            if code in _KMS_RETRY_CODES:
-                raise RetryableError(KMS_UNAVAILABLE, f"{source}: KMS {code}") from exc
-            error = translate_client_error(exc, doing=f"unwrapping the data key of {source}")
-            if isinstance(error, RetryableError):
-                raise RetryableError(KMS_UNAVAILABLE, error.detail) from exc
-            raise error from exc
+            raise _kms_error(source, exc) from exc
         except BotoCoreError as exc:
             raise RetryableError(
                 KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
@@ -308,7 +447,11 @@ class Decryptor:
             raise PermanentError(
                 KEY_NOT_ALLOWED, f"{source}: Encryption SDK message but no EGRESS_KMS_KEY_ARNS configured"
             )
-        materials = self._materials()
+        return self._esdk_stream(source, self._materials(), chunks)
+
+    def _esdk_stream(self, source: str, materials: Any, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        failures = _recorded_failures()
+        failures.clear()
         try:
             with self._esdk_client.stream(
                 mode="d", source=ChunkReader(chunks), materials_manager=materials
@@ -319,25 +462,13 @@ class Decryptor:
                         break
                     yield piece
         except DecryptKeyError as exc:
-            raise PermanentError(
-                KEY_NOT_ALLOWED, f"{source}: no data key of the message is wrapped by an allowed KMS key"
-            ) from exc
+            raise self._no_data_key(source, list(failures)) from exc
         except (InvalidTag, InvalidSignature) as exc:
             raise PermanentError(
                 AUTHENTICATION_FAILED, f"{source}: authentication failed ({type(exc).__name__})"
             ) from exc
         except ClientError as exc:
-            code = error_code(exc)
-            if code in _KMS_AUTH_CODES:
-                raise PermanentError(
-                    AUTHENTICATION_FAILED, f"{source}: KMS refused the data key ({code})"
-                ) from exc
-            error = translate_client_error(exc, doing=f"decrypting {source}")
-            if isinstance(error, RetryableError):
-                raise RetryableError(KMS_UNAVAILABLE, error.detail) from exc
-            if error.reason == ACCESS_DENIED:
-                raise error from exc
-            raise PermanentError(AUTHENTICATION_FAILED, f"{source}: {error.detail}") from exc
+            raise _kms_error(source, exc) from exc
         except BotoCoreError as exc:
             raise RetryableError(
                 KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
@@ -346,3 +477,36 @@ class Decryptor:
             raise PermanentError(
                 AUTHENTICATION_FAILED, f"{source}: not a valid Encryption SDK message ({type(exc).__name__})"
             ) from exc
+        finally:
+            failures.clear()
+
+    @staticmethod
+    def _no_data_key(source: str, failures: list[ClientError]) -> EgressError:
+        """Why no data key of a message could be unwrapped: the most actionable KMS error wins."""
+        errors = [_kms_error(source, failure) for failure in failures]
+        for error in errors:
+            if isinstance(error, RetryableError):
+                return error
+        for wanted in (ACCESS_DENIED, AUTHENTICATION_FAILED):
+            for error in errors:
+                if error.reason == wanted:
+                    return error
+        if errors:
+            return errors[0]
+        return PermanentError(
+            KEY_NOT_ALLOWED,
+            f"{source}: no data key of the message is wrapped by a KMS key in EGRESS_KMS_KEY_ARNS",
+        )
+
+
+def _kms_error(source: str, exc: ClientError) -> EgressError:
+    """A KMS ``ClientError`` met while unwrapping a data key, as one of the two families."""
+    code = error_code(exc)
+    if code in _KMS_AUTH_CODES:
+        return PermanentError(AUTHENTICATION_FAILED, f"{source}: KMS refused the data key ({code})")
+    if code in _KMS_RETRY_CODES:
+        return RetryableError(KMS_UNAVAILABLE, f"{source}: KMS {code}")
+    error = translate_client_error(exc, doing=f"unwrapping the data key of {source}")
+    if isinstance(error, RetryableError):
+        return RetryableError(KMS_UNAVAILABLE, error.detail)
+    return error

@@ -1,0 +1,156 @@
+"""Format detection and the envelope round trip over any size and any chunking."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import aws_encryption_sdk
+import pytest
+from aws_encryption_sdk.identifiers import AlgorithmSuite, CommitmentPolicy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from egress.aws import AwsClients
+from egress.errors import UNKNOWN_ENCRYPTION, PermanentError
+from egress.streams import rechunk
+from egress.transforms.decrypt import (
+    Decryptor,
+    EncryptionFormat,
+    _esdk_provider,
+    decrypted_name,
+    looks_like_esdk,
+)
+from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream
+
+ENVELOPE_META = {"datakeyencryptionkeyid": "k", "ciphertext": "Y2lwaGVy", "iv": "aXY="}
+
+
+@pytest.fixture(scope="module")
+def detector() -> Decryptor:
+    return Decryptor(None, allowed_key_arns=[])  # type: ignore[arg-type]  # detection never calls KMS
+
+
+@pytest.fixture()
+def key_arn(aws: AwsClients) -> str:
+    return aws.kms.create_key()["KeyMetadata"]["Arn"]
+
+
+def esdk_message(aws: AwsClients, key_arn: str, data: bytes, suite: AlgorithmSuite | None = None) -> bytes:
+    if suite is None:
+        out = io.BytesIO()
+        esdk_encrypt_stream(aws.kms, key_arn=key_arn, source=io.BytesIO(data), dest=out)
+        return out.getvalue()
+    # A legacy (format v1, non-committing) message, as older producers wrote them.
+    client = aws_encryption_sdk.EncryptionSDKClient(commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT)
+    message, _ = client.encrypt(source=data, key_provider=_esdk_provider(aws.kms, [key_arn]), algorithm=suite)
+    return bytes(message)
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        ("a/b/data.csv.enc", "a/b/data.csv"),
+        ("data.csv", "data.csv"),
+        ("a/.enc", "a/.enc"),
+        ("a/b.enc/c", "a/b.enc/c"),
+        ("x.ENC", "x.ENC"),
+        ("x.enc.gz", "x.enc.gz"),
+    ],
+)
+def test_decrypted_name(key: str, name: str) -> None:
+    assert decrypted_name(key) == name
+
+
+def test_metadata_decides_before_bytes(detector: Decryptor) -> None:
+    assert detector.detect(metadata=ENVELOPE_META, head=b"") is EncryptionFormat.ENVELOPE
+    # as boto3 returns it (lower-cased, prefix stripped) or with the header prefix
+    prefixed = {f"X-Amz-Meta-{k.title()}": v for k, v in ENVELOPE_META.items()}
+    assert detector.detect(metadata=prefixed, head=b"") is EncryptionFormat.ENVELOPE
+    partial = {"datakeyencryptionkeyid": "k", "iv": "aXY="}
+    assert detector.detect(metadata=partial, head=b"plain") is EncryptionFormat.NONE
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"x-amz-key-v2": "a", "x-amz-iv": "b", "x-amz-cek-alg": "AES/GCM/NoPadding", "x-amz-wrap-alg": "kms+context"},
+        {"x-amz-key": "a", "x-amz-iv": "b", "x-amz-matdesc": "{}"},
+        {"x-amz-c": "115", "x-amz-3": "blob", "x-amz-w": "12", "x-amz-d": "c", "x-amz-i": "i"},
+    ],
+)
+def test_s3_encryption_client_metadata(detector: Decryptor, metadata: dict[str, str]) -> None:
+    assert detector.detect(metadata=metadata, head=b"\x02\x05\x78") is EncryptionFormat.S3EC
+
+
+def test_real_esdk_headers_are_recognised(aws: AwsClients, key_arn: str, detector: Decryptor) -> None:
+    v2 = esdk_message(aws, key_arn, b"hello")
+    v1 = esdk_message(aws, key_arn, b"hello", AlgorithmSuite.AES_256_GCM_IV12_TAG16_HKDF_SHA384_ECDSA_P384)
+    v1_unsigned = esdk_message(aws, key_arn, b"hello", AlgorithmSuite.AES_256_GCM_IV12_TAG16_HKDF_SHA256)
+    for message, version in ((v2, 2), (v1, 1), (v1_unsigned, 1)):
+        assert message[0] == version
+        assert detector.detect(metadata={}, head=message) is EncryptionFormat.ESDK
+        assert looks_like_esdk(message[:400])
+        # cut inside the header: not enough to call it a message
+        assert not looks_like_esdk(message[:30])
+
+
+def test_legacy_non_committing_messages_still_decrypt(aws: AwsClients, key_arn: str) -> None:
+    data = os.urandom(10_000)
+    decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
+    for suite in (AlgorithmSuite.AES_256_GCM_IV12_TAG16_HKDF_SHA384_ECDSA_P384, AlgorithmSuite.AES_256_GCM_IV12_TAG16):
+        message = esdk_message(aws, key_arn, data, suite)
+        assert b"".join(decryptor.decrypt(source="s3://b/k", metadata={}, chunks=iter([message]))) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.sampled_from([b"\x01", b"\x02", b"\x01\x80"]),
+    suite=st.sampled_from([s.algorithm_id for s in AlgorithmSuite]),
+    rest=st.binary(min_size=0, max_size=2000),
+)
+def test_random_bytes_that_start_like_esdk_are_not_taken_for_it(
+    detector: Decryptor, first: bytes, suite: int, rest: bytes
+) -> None:
+    head = first + suite.to_bytes(2, "big") + rest
+    assert detector.detect(metadata={}, head=head) is EncryptionFormat.NONE
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_large_random_heads_starting_like_esdk(detector: Decryptor, seed: int) -> None:
+    rng = __import__("random").Random(seed)
+    rest = rng.randbytes(256 * 1024)
+    for prefix in (b"\x02\x05\x78", b"\x02\x04\x78", b"\x01\x80\x03\x78", b"\x01\x80\x00\x14"):
+        assert detector.detect(metadata={}, head=prefix + rest) is EncryptionFormat.NONE
+
+
+@pytest.mark.parametrize("head", [b"", b"\x00", b"PK\x03\x04", b"\x1f\x8b\x08", b"id,name\n"])
+def test_common_plain_heads(detector: Decryptor, head: bytes) -> None:
+    assert detector.detect(metadata={"content-type": "text/csv"}, head=head) is EncryptionFormat.NONE
+
+
+def test_plain_object_under_decrypt_is_refused(detector: Decryptor) -> None:
+    with pytest.raises(PermanentError) as caught:
+        list(detector.decrypt(source="s3://b/k", metadata={}, chunks=iter([b"a,b\n", b"1,2\n"])))
+    assert caught.value.reason == UNKNOWN_ENCRYPTION
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.one_of(st.integers(0, 40), st.integers(0, 300_000)),
+    in_chunk=st.integers(1, 70_000),
+    out_chunk=st.integers(1, 100_000),
+)
+def test_envelope_round_trip_any_size_and_chunking(
+    aws: AwsClients, key_arn: str, size: int, in_chunk: int, out_chunk: int
+) -> None:
+    data = os.urandom(size)
+    metadata, body = envelope_encrypt(aws.kms, key_id=key_arn, chunks=rechunk(iter([data]), size=in_chunk))
+    ciphertext = b"".join(body)
+    assert len(ciphertext) == size and (size < 16 or ciphertext != data)
+    decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
+    chunks = list(
+        decryptor.decrypt(source="s3://b/k", metadata=metadata, chunks=rechunk(iter([ciphertext]), size=out_chunk))
+    )
+    assert b"".join(chunks) == data
+    assert all(isinstance(chunk, bytes) for chunk in chunks)
