@@ -1,0 +1,293 @@
+"""Streaming one file to a receiving system over HTTPS with mutual TLS.
+
+The body is read from disk in ``chunk_size`` blocks into one reused buffer and written
+to the socket as it is read: memory is one buffer per sending thread, whatever the file
+size. Headers: ``Content-Length``, ``Repr-Digest: sha-256=:<base64>:`` (RFC 9530), the
+file name (header name configurable, value percent-encoded where it is not plain
+printable ASCII) and the route's extra headers. ``PUT`` appends the percent-encoded
+name to the URL (a collection); ``POST`` sends to the URL as it is.
+
+Connections are kept alive and reused between files of a route, but only while fresh
+and quiet (a server may close an idle connection at any moment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import select
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from sft_agent import errors
+from sft_agent.errors import AbortRequested, DeliveryError
+from sft_agent.settings import HttpAction
+from sft_agent.stopping import Stopper
+from sft_agent.tls import ReloadingClientContext
+
+USER_AGENT = "sft-agent/1"
+# Printable ASCII except '%': sent as is in the file-name header; anything else is %XX.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
+_MAX_RESPONSE_BODY = 64 * 1024
+_IDLE_REUSE_SECONDS = 4.0
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A 2xx answer to one push."""
+
+    status: int
+    bytes_sent: int
+    seconds: float
+
+
+def filename_header_value(name: str) -> str:
+    """The file-name header's value: ``name`` with non-printable-ASCII and ``%`` percent-encoded."""
+    return quote(name, safe=_HEADER_SAFE)
+
+
+def put_target(base_path: str, name: str) -> str:
+    """The path of a PUT: the collection ``base_path`` with the percent-encoded name appended."""
+    collection = base_path if base_path.endswith("/") else base_path + "/"
+    return collection + "/".join(quote(segment, safe="") for segment in name.split("/"))
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    cleaned = "".join(c if c.isprintable() else " " for c in text).strip()
+    return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
+
+
+class HttpPusher:
+    """Sends files for one ``http`` action of one route (thread-safe; one connection per send)."""
+
+    def __init__(
+        self,
+        action: HttpAction,
+        *,
+        tls: ReloadingClientContext,
+        stopper: Stopper,
+        chunk_size: int,
+        max_idle: int = 4,
+    ) -> None:
+        self.action = action
+        self.tls = tls
+        self.stopper = stopper
+        self.chunk_size = chunk_size
+        self.max_idle = max_idle
+        parts = urlsplit(action.url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or 443
+        self.base_path = parts.path or "/"
+        self.query = parts.query
+        # Where it goes, for logs and errors: never the query string (it may hold a token).
+        self.where = f"https://{parts.netloc}{self.base_path}"
+        self._idle: list[tuple[http.client.HTTPSConnection, float, ssl.SSLContext]] = []
+        self._lock = threading.Lock()
+
+    def target(self, name: str) -> str:
+        """The request target for a file called ``name``."""
+        path = put_target(self.base_path, name) if self.action.method == "PUT" else self.base_path
+        return f"{path}?{self.query}" if self.query else path
+
+    def headers(self, *, name: str, size: int, digest: str) -> list[tuple[str, str]]:
+        """Every header of the request, the agent's own last (they cannot be overridden)."""
+        headers = list(self.action.headers)
+        headers += [(key, secret.reveal()) for key, secret in self.action.secret_headers]
+        headers += [
+            ("User-Agent", USER_AGENT),
+            ("Content-Type", "application/octet-stream"),
+            (self.action.filename_header, filename_header_value(name)),
+            ("Content-Length", str(size)),
+            ("Repr-Digest", f"sha-256=:{digest}:"),
+        ]
+        return headers
+
+    def push(self, path: Path, *, name: str, size: int, digest: str) -> PushResult:
+        """Send ``size`` bytes of ``path`` as ``name``. Raises :class:`DeliveryError` unless 2xx."""
+        started = time.monotonic()
+        try:
+            handle = path.open("rb", buffering=0)
+        except OSError as exc:
+            raise DeliveryError(errors.IO_ERROR, f"cannot read the claimed file: {exc.strerror}") from exc
+        with handle:
+            return self._push(handle, name=name, size=size, digest=digest, started=started)
+
+    def _push(self, handle: io.FileIO, *, name: str, size: int, digest: str, started: float) -> PushResult:
+        conn, context = self._connection()
+        reusable = False
+        try:
+            assert conn.sock is not None
+            with self.stopper.watching(conn.sock):
+                response = self._exchange(conn, handle, name=name, size=size, digest=digest)
+                body = response.read(_MAX_RESPONSE_BODY)
+                reusable = not response.will_close and response.isclosed()
+            status = response.status
+            if 200 <= status < 300:
+                return PushResult(status=status, bytes_sent=size, seconds=time.monotonic() - started)
+            raise self._status_error(response, body)
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            if self.stopper.aborted:
+                raise AbortRequested from exc
+            raise self._network_error(exc, during="send") from exc
+        finally:
+            if reusable:
+                self._release(conn, context)
+            else:
+                conn.close()
+
+    def _exchange(
+        self, conn: http.client.HTTPSConnection, handle: io.FileIO, *, name: str, size: int, digest: str
+    ) -> http.client.HTTPResponse:
+        conn.putrequest(self.action.method, self.target(name), skip_accept_encoding=True)
+        for key, value in self.headers(name=name, size=size, digest=digest):
+            conn.putheader(key, value)
+        conn.endheaders()
+        sock = conn.sock
+        assert sock is not None
+        buffer = bytearray(self.chunk_size)
+        view = memoryview(buffer)
+        remaining = size
+        try:
+            while remaining:
+                if self.stopper.aborted:
+                    raise AbortRequested
+                count = handle.readinto(view[: min(self.chunk_size, remaining)])
+                if not count:
+                    raise DeliveryError(
+                        errors.FILE_CHANGED, f"file shrank while being sent ({remaining} bytes short)"
+                    )
+                sock.sendall(view[:count])
+                remaining -= count
+        except (TimeoutError, OSError) as exc:
+            if self.stopper.aborted:
+                raise AbortRequested from exc
+            # The server may have answered and closed early (e.g. 400, 413): prefer its answer.
+            early = self._early_response(conn)
+            if early is not None:
+                return early
+            raise
+        return conn.getresponse()
+
+    @staticmethod
+    def _early_response(conn: http.client.HTTPSConnection) -> http.client.HTTPResponse | None:
+        with contextlib.suppress(Exception):
+            if conn.sock is not None:
+                conn.sock.settimeout(1.0)
+                return conn.getresponse()
+        return None
+
+    def _status_error(self, response: http.client.HTTPResponse, body: bytes) -> DeliveryError:
+        status = response.status
+        text = body.decode("utf-8", "replace")
+        reason = (
+            errors.HTTP_4XX
+            if 400 <= status < 500
+            else errors.HTTP_5XX
+            if status >= 500
+            else errors.HTTP_OTHER
+        )
+        if status == 400 and "json" in (response.getheader("Content-Type") or ""):
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(text).get("error") == errors.DIGEST_MISMATCH:
+                    reason = errors.DIGEST_MISMATCH
+        detail = f"{self.action.method} {self.where} answered {status} {response.reason}"
+        if text.strip():
+            detail += f": {_printable(text)}"
+        return DeliveryError(reason, detail, status=status)
+
+    def _network_error(self, exc: BaseException, *, during: str) -> DeliveryError:
+        where = f"{self.host}:{self.port}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return DeliveryError(
+                errors.TLS_VERIFY,
+                f"the server certificate of {where} was rejected: {exc.verify_message} "
+                "(check the CA bundle, and that the certificate names this host)",
+            )
+        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) and during == "send":
+            return DeliveryError(
+                errors.DISCONNECTED, f"{where} closed the connection during the request: {exc}"
+            )
+        if isinstance(exc, ssl.SSLError):
+            alert = "CERTIFICATE" in str(exc.reason or "").upper() or "ALERT" in str(exc.reason or "").upper()
+            hint = " (was our client certificate refused?)" if during == "send" and alert else ""
+            return DeliveryError(
+                errors.TLS, f"TLS with {where} failed during {during}: {exc.reason or exc}{hint}"
+            )
+        if isinstance(exc, TimeoutError):
+            if during == "connect":
+                return DeliveryError(
+                    errors.CONNECT, f"connecting to {where} timed out after {self.action.connect_timeout:g}s"
+                )
+            return DeliveryError(
+                errors.TIMEOUT, f"{where} did not answer or read within {self.action.read_timeout:g}s"
+            )
+        if during == "connect":
+            return DeliveryError(
+                errors.CONNECT, f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}"
+            )
+        return DeliveryError(
+            errors.DISCONNECTED, f"connection to {where} lost during the request: {type(exc).__name__}: {exc}"
+        )
+
+    def _connection(self) -> tuple[http.client.HTTPSConnection, ssl.SSLContext]:
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                conn, since, context = self._idle.pop()
+                if (
+                    now - since <= _IDLE_REUSE_SECONDS
+                    and not self.tls.changed_since(context)
+                    and _quiet(conn)
+                ):
+                    return conn, context
+                conn.close()
+        context = self.tls.current()
+        conn = http.client.HTTPSConnection(
+            self.host,
+            self.port,
+            timeout=self.action.connect_timeout,
+            context=context,
+            blocksize=self.chunk_size,
+        )
+        try:
+            conn.connect()
+        except (TimeoutError, OSError) as exc:
+            conn.close()
+            if self.stopper.aborted:
+                raise AbortRequested from exc
+            raise self._network_error(exc, during="connect") from exc
+        assert conn.sock is not None
+        conn.sock.settimeout(self.action.read_timeout)
+        return conn, context
+
+    def _release(self, conn: http.client.HTTPSConnection, context: ssl.SSLContext) -> None:
+        with self._lock:
+            if len(self._idle) < self.max_idle:
+                self._idle.append((conn, time.monotonic(), context))
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close idle connections."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _, _ in idle:
+            conn.close()
+
+
+def _quiet(conn: http.client.HTTPSConnection) -> bool:
+    """True if nothing (not even a close) arrived on an idle connection."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable and not (isinstance(sock, ssl.SSLSocket) and sock.pending())
