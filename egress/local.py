@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -770,13 +771,16 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host  # noqa: S104 - compared, not bound
 
 
-def pick_port(host: str, preferred: int) -> int:
-    """``preferred`` if free, else any free port."""
-    if port_is_free(host, preferred):
+def pick_port(host: str, preferred: int, *, avoid: Sequence[int] = ()) -> int:
+    """``preferred`` if free, else any free port; never one in ``avoid`` (already handed out)."""
+    if preferred not in avoid and port_is_free(host, preferred):
         return preferred
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def log_tail(path: Path, *, lines: int = 20) -> str:
@@ -801,12 +805,23 @@ def http_ok(url: str, *, timeout: float = 1.0) -> bool:
         return False
 
 
-def tls_port_open(host: str, port: int, *, timeout: float = 1.0) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
+def tls_handshake_ok(
+    host: str, port: int, *, server_name: str, ca: Path, cert: Path, key: Path, timeout: float = 1.0
+) -> bool:
+    """Whether ``host:port`` completes a mutual-TLS handshake with these certificates.
+
+    A bare TCP probe would do for "is it listening", but the receiver logs each one as a
+    failed handshake; this one also proves the certificates fit.
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name),
+        ):
             return True
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False
 
 
@@ -987,6 +1002,8 @@ def agent_config(
             {
                 "name": folder,
                 "source": f"{sft_root / folder}/",
+                # The worker keeps the producer's sub-folders (orders/part-0.csv): send them too.
+                "recursive": True,
                 "filename_regex": ".*",
                 "actions": [{"http": {"url": f"{receiver_url}/{folder}", "method": "POST"}}],
                 "delete_on_send": True,
@@ -1042,6 +1059,10 @@ class UpOptions:
     ready_file: Path | None = None
     timeout: float = 60.0
     stop_grace: float = 15.0
+    # None: the usual port (8091, 9090, 9091) if free, else any free one.
+    receiver_port: int | None = None
+    worker_port: int | None = None
+    agent_port: int | None = None
 
 
 class _Stop(Exception):  # noqa: N818 - a request, not a failure
@@ -1113,6 +1134,8 @@ class LocalStack:
             )
         state.mkdir(parents=True, exist_ok=True)
         stop_leftovers(state, report=self.say)
+        # Before anything starts, so a port asked for and taken fails fast.
+        receiver_port, worker_port, agent_port = self._child_ports()
         if options.ready_file is not None:
             with contextlib.suppress(OSError):
                 options.ready_file.unlink()
@@ -1148,9 +1171,6 @@ class LocalStack:
 
         python = sys.executable
         near = _client_host(options.host)
-        receiver_port = pick_port(options.host, 8091)
-        worker_port = pick_port(options.host, 9090)
-        agent_port = pick_port(options.host, 9091 if worker_port != 9091 else 9092)
         receiver_url = f"https://localhost:{receiver_port}"
         base = dict(os.environ) | {STATE_DIR_MARKER: str(state)}
         self.children.append(
@@ -1173,7 +1193,14 @@ class LocalStack:
                     str(received),
                 ],
                 log_path=logs / "receiver.log",
-                ready=lambda: tls_port_open(near, receiver_port),
+                ready=lambda: tls_handshake_ok(
+                    near,
+                    receiver_port,
+                    server_name="localhost",
+                    ca=certs / CA_CERT,
+                    cert=certs / CLIENT_CERT,
+                    key=certs / CLIENT_KEY,
+                ),
                 where=f"{near}:{receiver_port} (TLS)",
                 env=child_env({}, base=base),
             )
@@ -1244,6 +1271,26 @@ class LocalStack:
             "pid": os.getpid(),
         }
         return resources, info
+
+    def _child_ports(self) -> tuple[int, int, int]:
+        """The receiver's, worker's and agent's ports: as asked (refused if taken), else picked."""
+        options = self.options
+        chosen: list[int] = [options.port]
+        for flag, asked, usual in (
+            ("--receiver-port", options.receiver_port, 8091),
+            ("--worker-port", options.worker_port, 9090),
+            ("--agent-port", options.agent_port, 9091),
+        ):
+            if asked is None:
+                chosen.append(pick_port(options.host, usual, avoid=chosen))
+            elif not 0 < asked < 65536:
+                raise LocalSetupError(f"{flag} {asked} is not a TCP port (1-65535)")
+            elif asked in chosen or not port_is_free(options.host, asked):
+                raise LocalSetupError(f"port {options.host}:{asked} ({flag}) is taken; pass another")
+            else:
+                chosen.append(asked)
+        _moto, receiver, worker, agent = chosen
+        return receiver, worker, agent
 
     def _start_moto(self, log_path: Path) -> str:
         try:
@@ -1463,6 +1510,9 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     up.add_argument("--no-agent", action="store_true", help="do not start the SFT agent")
     up.add_argument("--ready-file", type=Path, help="write the endpoints as JSON here once up")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemons to answer")
+    up.add_argument("--receiver-port", type=int, help="receiver's TLS port (default 8091, else any free)")
+    up.add_argument("--worker-port", type=int, help="worker's metrics port (default 9090, else any free)")
+    up.add_argument("--agent-port", type=int, help="agent's metrics port (default 9091, else any free)")
     up.set_defaults(handler=_up_command)
 
 
@@ -1559,5 +1609,8 @@ def _up_command(args: argparse.Namespace, ctx: CliContext) -> int:
         agent=not args.no_agent,
         ready_file=args.ready_file.resolve() if args.ready_file else None,
         timeout=args.timeout,
+        receiver_port=args.receiver_port,
+        worker_port=args.worker_port,
+        agent_port=args.agent_port,
     )
     return LocalStack(options, out=ctx.out, err=ctx.err).run()

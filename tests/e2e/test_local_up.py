@@ -1,0 +1,303 @@
+"""``make run`` as a newcomer meets it: ``egress local up`` as a process, a publish, Ctrl-C.
+
+The stack runs on its own free ports and state folder, so it never meets a ``make run``
+of the same machine. The sample data goes in through ``egress local publish`` (a second
+process, like the second shell of the README) and must come out byte for byte in the
+destination bucket and at the receiver, by the routes of ``config/routes.local.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from egress.aws import AwsClients, AwsConfig, build_clients
+from tests.conftest import REGION, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_DIR = REPO / "config" / "sample-data"
+ROUTES_FILE = REPO / "config" / "routes.local.yaml"
+DAEMONS = ("receiver", "worker", "sft-agent")
+
+READY_TIMEOUT = 90.0
+DELIVERY_TIMEOUT = 60.0
+# The worker finishes its long poll (5 s in the local stack) before it exits.
+STOP_TIMEOUT = 20.0
+
+
+def egress_command() -> list[str]:
+    """The console script ``make run`` uses, beside this interpreter; else the module."""
+    script = Path(sys.executable).with_name("egress")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "egress.cli"]
+
+
+def newcomer_env() -> dict[str, str]:
+    """A shell with no AWS, egress or agent settings, as on a fresh machine."""
+    dropped = ("AWS_", "EGRESS_", "SFT_")
+    return {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "    (no file)"
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (empty)"
+
+
+@dataclass
+class LocalUp:
+    """A running ``egress local up``: its process, its files and, once up, its children."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    ready_file: Path
+    stdout_path: Path
+    stderr_path: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+    children: list[psutil.Process] = field(default_factory=list)
+
+    def logs(self) -> str:
+        """``up``'s own output and each daemon's log tail, for failure messages."""
+        parts = [f"egress local up stderr:\n{tail(self.stderr_path)}"]
+        parts += [f"{name}.log:\n{tail(self.log(name))}" for name in DAEMONS]
+        return "\n".join(parts)
+
+    def log(self, daemon: str) -> Path:
+        return self.state_dir / "logs" / f"{daemon}.log"
+
+    def wait_until_up(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ready = json.loads(self.ready_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+            else:
+                break
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"egress local up exited with {self.process.returncode} before it was up\n{self.logs()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"egress local up was not up within {timeout:.0f}s\n{self.logs()}")
+            time.sleep(0.2)
+        # The ready file is written right after the banner; the banner is what a person reads.
+        banner = self.stdout_path.read_text(encoding="utf-8")
+        assert "data-egress local stack is up" in banner, banner
+        assert f"s3://{self.ready['source_bucket']}/{self.ready['publish_prefix']}" in banner, banner
+        recorded = json.loads((self.state_dir / "pids.json").read_text(encoding="utf-8"))
+        assert set(recorded) == set(DAEMONS), recorded
+        self.children = psutil.Process(self.process.pid).children(recursive=True)
+        assert set(recorded.values()) <= {child.pid for child in self.children}, (recorded, self.children)
+
+    def ctrl_c(self) -> None:
+        """What a terminal does on Ctrl-C: SIGINT to the foreground process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+
+
+def still_running(processes: list[psutil.Process]) -> list[str]:
+    running = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(f"{process.pid} {' '.join(process.cmdline())}")
+        except psutil.NoSuchProcess:
+            continue
+    return running
+
+
+@pytest.fixture()
+def local_up(tmp_path: Path) -> Iterator[LocalUp]:
+    """``egress local up`` on free ports with its state under ``tmp_path``, in its own process group."""
+    state_dir = tmp_path / "state"
+    ready_file = tmp_path / "ready.json"
+    stdout_path = tmp_path / "up.out"
+    stderr_path = tmp_path / "up.err"
+    argv = [
+        *egress_command(),
+        "local",
+        "up",
+        "--port",
+        str(free_port()),
+        "--receiver-port",
+        str(free_port()),
+        "--worker-port",
+        str(free_port()),
+        "--agent-port",
+        str(free_port()),
+        "--state-dir",
+        str(state_dir),
+        "--ready-file",
+        str(ready_file),
+    ]
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,  # where `make run` runs it
+            env=newcomer_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    up = LocalUp(process, state_dir, ready_file, stdout_path, stderr_path)
+    try:
+        yield up
+    finally:
+        if process.poll() is None:
+            # The daemons run in sessions of their own: find them before their parent goes.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                up.children += psutil.Process(process.pid).children(recursive=True)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        for child in up.children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                continue
+
+
+def opsmi_routes(prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The S3 and the SFT route of ``prefix`` in the local routes file."""
+    rows = yaml.safe_load(ROUTES_FILE.read_text(encoding="utf-8"))["routes"]
+    mine = {row["transfer_type"].upper(): row for row in rows if row["source_prefix"] == prefix}
+    assert {"S3", "SFT"} <= set(mine), f"{ROUTES_FILE} should send {prefix} both ways: {mine}"
+    return mine["S3"], mine["SFT"]
+
+
+def sample_files() -> dict[str, bytes]:
+    files = {
+        path.relative_to(SAMPLE_DIR).as_posix(): path.read_bytes()
+        for path in sorted(SAMPLE_DIR.rglob("*"))
+        if path.is_file()
+    }
+    assert any("/" in name for name in files), "the sample data should have a sub-folder"
+    return files
+
+
+def destination_objects(aws: AwsClients, bucket: str, prefix: str) -> dict[str, bytes]:
+    found = {}
+    for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            found[key[len(prefix) :]] = aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return found
+
+
+def received_files(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def differences(expected: dict[str, bytes], found: dict[str, bytes]) -> list[str]:
+    problems = [f"missing {name}" for name in expected if name not in found]
+    problems += [
+        f"{name}: {len(found[name])} bytes differ from the sample's {len(data)}"
+        for name, data in expected.items()
+        if name in found and found[name] != data
+    ]
+    return problems
+
+
+def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: LocalUp) -> None:
+    started = time.monotonic()
+    local_up.wait_until_up(timeout=READY_TIMEOUT)
+    up_seconds = time.monotonic() - started
+    ready = local_up.ready
+    prefix = ready["publish_prefix"]
+    s3_route, sft_route = opsmi_routes(prefix)
+    expected = sample_files()
+
+    target = f"s3://{ready['source_bucket']}/{prefix}"
+
+    publish = subprocess.run(
+        [
+            *egress_command(),
+            "local",
+            "publish",
+            "--endpoint-url",
+            ready["endpoint_url"],
+            str(SAMPLE_DIR.relative_to(REPO)),
+            target,
+        ],
+        cwd=REPO,
+        env=newcomer_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert publish.returncode == 0, publish.stderr.decode(errors="replace")
+    assert f"published {len(expected)} files" in publish.stdout.decode(), publish.stdout.decode()
+
+    aws = build_clients(AwsConfig(region=REGION, endpoint_url=ready["endpoint_url"]))
+    bucket = ready["destination_bucket"]
+    assert s3_route["destination_bucket"] == bucket
+    s3_prefix = s3_route["destination_prefix"]
+    manifest_name = s3_route["manifest_file_name"]
+    received_dir = Path(ready["received_dir"]) / sft_route["destination_prefix"]
+    waiting_dir = Path(ready["sft_root"]) / sft_route["destination_prefix"]
+    delivered = time.monotonic()
+    deadline = delivered + DELIVERY_TIMEOUT
+    while True:
+        in_bucket = destination_objects(aws, bucket, s3_prefix)
+        at_receiver = received_files(received_dir)
+        problems = [f"s3://{bucket}/{s3_prefix}: {p}" for p in differences(expected, in_bucket)]
+        if manifest_name not in in_bucket:
+            problems.append(f"s3://{bucket}/{s3_prefix}: missing {manifest_name}")
+        problems += [f"receiver {received_dir}: {p}" for p in differences(expected, at_receiver)]
+        if not problems:
+            break
+        if local_up.process.poll() is not None:
+            raise AssertionError(
+                f"egress local up exited with {local_up.process.returncode}\n{local_up.logs()}"
+            )
+        gave_up = "message dead-lettered" in local_up.log("worker").read_text(errors="replace")
+        if gave_up or time.monotonic() > deadline:
+            why = "the worker dead-lettered the flag" if gave_up else f"after {DELIVERY_TIMEOUT:.0f}s"
+            raise AssertionError(
+                f"published {len(expected)} files to {target}, but {why}:\n  "
+                + "\n  ".join(problems)
+                + f"\nstill in the SFT root: {sorted(received_files(waiting_dir))}\n{local_up.logs()}"
+            )
+        time.sleep(0.5)
+    delivered = time.monotonic() - delivered
+
+    # Exactly the data and the manifest; the manifest lists what was delivered.
+    assert set(in_bucket) == {*expected, manifest_name}
+    manifest = json.loads(in_bucket[manifest_name])
+    assert sorted(entry["name"] for entry in manifest["objects"]) == sorted(expected)
+    assert set(at_receiver) == set(expected)
+    # Neither up's readiness probe nor the agent may fail a handshake in a healthy stack.
+    assert "tls_handshake_failed" not in local_up.log("receiver").read_text(), local_up.logs()
+
+    stopping = time.monotonic()
+    local_up.ctrl_c()
+    try:
+        code = local_up.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"egress local up did not stop within {STOP_TIMEOUT:.0f}s of Ctrl-C\n{local_up.logs()}"
+        ) from None
+    stop_seconds = time.monotonic() - stopping
+    assert code == 0, local_up.logs()
+    assert still_running(local_up.children) == [], local_up.logs()
+    assert not (local_up.state_dir / "pids.json").exists()
+    assert not local_up.ready_file.exists()
+    print(f"up in {up_seconds:.1f}s, delivered in {delivered:.1f}s, stopped in {stop_seconds:.1f}s")
