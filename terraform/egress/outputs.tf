@@ -1,0 +1,54 @@
+output "queue_url" {
+  description = "The flag queue (EGRESS_QUEUE_URL)."
+  value       = aws_sqs_queue.flags.url
+}
+
+output "dlq_url" {
+  description = "The DLQ (EGRESS_DLQ_URL)."
+  value       = aws_sqs_queue.dlq.url
+}
+
+output "routes_table_name" {
+  description = "Routes table: manage its rows with `egress routes …`."
+  value       = aws_dynamodb_table.routes.name
+}
+
+output "ledger_table_name" {
+  description = "Ledger table (`egress history`)."
+  value       = aws_dynamodb_table.ledger.name
+}
+
+output "kms_key_arn" {
+  description = "The service's KMS key."
+  value       = aws_kms_key.service.arn
+}
+
+output "ecr_repository_urls" {
+  description = "Where the images pipeline pushes, by image."
+  value       = { for k, r in aws_ecr_repository.images : k => r.repository_url }
+}
+
+output "cluster_name" {
+  description = "ECS cluster."
+  value       = aws_ecs_cluster.this.name
+}
+
+output "service_name" {
+  description = "ECS service."
+  value       = aws_ecs_service.egress.name
+}
+
+output "task_definition_arn" {
+  description = "Task definition this apply deployed (the pipeline checks the service did not roll back from it)."
+  value       = aws_ecs_task_definition.egress.arn
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic of the alarms."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "dashboard_name" {
+  description = "CloudWatch dashboard."
+  value       = aws_cloudwatch_dashboard.egress.dashboard_name
+}

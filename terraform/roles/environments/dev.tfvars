@@ -1,0 +1,21 @@
+# Roles stack, dev account. Applied by .github/workflows/roles.yml on pushes to develop:
+#   terraform -chdir=terraform/roles init -backend-config=environments/dev.s3.tfbackend -backend-config="bucket=<state bucket>"
+#   terraform -chdir=terraform/roles plan -var-file=environments/dev.tfvars
+region                = "eu-west-2"
+github_repository     = "example-org/data-egress"
+github_apply_branches = ["develop"]
+state_bucket          = "example-dev-terraform-state"
+
+source_locations = [
+  { bucket = "example-dev-pipeline-output", prefix = "exports/opsmi/" },
+  { bucket = "example-dev-pipeline-output", prefix = "exports/warehouse/" },
+]
+source_kms_key_arns      = ["arn:aws:kms:eu-west-2:111111111111:key/00000000-0000-0000-0000-000000000001"]
+destination_role_arns    = ["arn:aws:iam::222222222222:role/data-egress-writer"]
+destination_locations    = [{ bucket = "example-dev-egress-landing", prefix = "opsmi/" }]
+destination_kms_key_arns = []
+sft_secret_arns = [
+  "arn:aws:secretsmanager:eu-west-2:111111111111:secret:data-egress/sft/client-cert-AbCdEf",
+  "arn:aws:secretsmanager:eu-west-2:111111111111:secret:data-egress/sft/client-key-AbCdEf",
+  "arn:aws:secretsmanager:eu-west-2:111111111111:secret:data-egress/sft/ca-bundle-AbCdEf",
+]

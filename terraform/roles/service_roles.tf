@@ -1,0 +1,235 @@
+# The roles the ECS task runs with. ECS grants one task role per *task*: both containers
+# of the egress task (worker and sft-agent) share the worker task role. The agent needs
+# no AWS access at all; its own role below is for running the agent as a task of its
+# own (e.g. beside a worker in another service, sharing an EFS volume), and carries no
+# permissions.
+
+data "aws_iam_policy_document" "ecs_tasks_trust" {
+  statement {
+    sid     = "EcsTasks"
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+
+    # Confused-deputy protection: only tasks of this account and region.
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:*"]
+    }
+  }
+}
+
+# ---- worker task role --------------------------------------------------------------------
+
+resource "aws_iam_role" "worker" {
+  name                 = local.role_names.worker
+  description          = "Egress worker task: reads routed source prefixes, writes destinations, works the flag queue."
+  assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_trust.json
+  max_session_duration = 3600
+}
+
+data "aws_iam_policy_document" "worker" {
+  statement {
+    sid       = "ReadRoutes"
+    effect    = "Allow"
+    actions   = ["dynamodb:PartiQLSelect", "dynamodb:GetItem", "dynamodb:Query"]
+    resources = [local.routes_table_arn]
+  }
+
+  statement {
+    sid       = "WriteLedger"
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [local.ledger_table_arn]
+  }
+
+  statement {
+    sid    = "WorkFlagQueue"
+    effect = "Allow"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+      "sqs:GetQueueUrl",
+    ]
+    resources = [local.queue_arn]
+  }
+
+  statement {
+    sid       = "SendPermanentFailuresToDlq"
+    effect    = "Allow"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+    resources = [local.dlq_arn]
+  }
+
+  # Listing is allowed per bucket, under the routed prefixes only.
+  dynamic "statement" {
+    for_each = var.source_locations
+
+    content {
+      sid       = "ListSource${statement.key}"
+      effect    = "Allow"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:${local.partition}:s3:::${statement.value.bucket}"]
+
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${statement.value.prefix}*"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "ReadSourceObjects"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging"]
+    resources = local.source_object_arns
+  }
+
+  dynamic "statement" {
+    for_each = length(var.source_kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "DecryptWithNamedKeys"
+      effect    = "Allow"
+      actions   = ["kms:Decrypt"]
+      resources = var.source_kms_key_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.destination_role_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "AssumeDestinationRoles"
+      effect    = "Allow"
+      actions   = ["sts:AssumeRole"]
+      resources = var.destination_role_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.destination_locations) > 0 ? [1] : []
+
+    content {
+      sid    = "WriteSameAccountDestinations"
+      effect = "Allow"
+      actions = [
+        "s3:PutObject",
+        "s3:PutObjectAcl",
+        "s3:PutObjectTagging",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+      ]
+      resources = local.destination_obj_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.destination_kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "EncryptSameAccountDestinations"
+      effect    = "Allow"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = var.destination_kms_key_arns
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "worker" {
+  name   = "${local.role_names.worker}-access"
+  role   = aws_iam_role.worker.id
+  policy = data.aws_iam_policy_document.worker.json
+}
+
+# ---- agent task role ---------------------------------------------------------------------
+
+resource "aws_iam_role" "agent" {
+  name                 = local.role_names.agent
+  description          = "SFT agent run as a task of its own: no AWS permissions (it reads a volume and pushes over mTLS)."
+  assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_trust.json
+  max_session_duration = 3600
+}
+
+# ---- task execution role ---------------------------------------------------------------
+# Used by the ECS agent, not by the containers: pulls the images, writes the log
+# streams, reads the named secrets injected into the sft-agent container.
+
+resource "aws_iam_role" "execution" {
+  name                 = local.role_names.execution
+  description          = "ECS task execution: image pulls, log streams, the sft-agent's named secrets."
+  assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_trust.json
+  max_session_duration = 3600
+}
+
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid    = "EcrAuthorizationToken"
+    effect = "Allow"
+    # GetAuthorizationToken has no resource type: AWS only accepts "*" for it.
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "PullServiceImages"
+    effect    = "Allow"
+    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+    resources = local.ecr_repository_arns
+  }
+
+  statement {
+    sid       = "WriteServiceLogStreams"
+    effect    = "Allow"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${local.log_group_arn_prefix}/*:log-stream:*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(var.sft_secret_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "ReadSftAgentSecrets"
+      effect    = "Allow"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = var.sft_secret_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.secrets_kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "DecryptSftAgentSecrets"
+      effect    = "Allow"
+      actions   = ["kms:Decrypt"]
+      resources = var.secrets_kms_key_arns
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "execution" {
+  name   = "${local.role_names.execution}-access"
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
+}

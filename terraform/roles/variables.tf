@@ -1,0 +1,190 @@
+variable "name" {
+  description = "Prefix of every name this stack and the egress stack create (roles, queue, tables, log groups)."
+  type        = string
+  default     = "data-egress"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,30}$", var.name))
+    error_message = "name: 3-31 lower-case letters, digits and dashes, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region of the service (the queue, tables, cluster)."
+  type        = string
+}
+
+variable "tags" {
+  description = "Extra tags on every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# ---- GitHub OIDC ----------------------------------------------------------------------
+
+variable "github_repository" {
+  description = "The repository whose workflows may assume the pipeline roles, as owner/name. No wildcards."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.github_repository))
+    error_message = "github_repository must be owner/name, letters, digits, '.', '_' and '-' only (no wildcards)."
+  }
+}
+
+variable "github_apply_branches" {
+  description = "Branches whose pushes may apply in this account (the account chosen by branch: main for prod, develop for dev)."
+  type        = list(string)
+  default     = ["main"]
+
+  validation {
+    condition     = length(var.github_apply_branches) > 0 && alltrue([for b in var.github_apply_branches : can(regex("^[A-Za-z0-9._/-]+$", b))])
+    error_message = "github_apply_branches: at least one branch name, no wildcards."
+  }
+}
+
+variable "create_github_oidc_provider" {
+  description = "Create the account's GitHub OIDC provider; false when another stack already owns it (it is one per account)."
+  type        = bool
+  default     = true
+}
+
+variable "github_oidc_thumbprints" {
+  description = "Thumbprints of the OIDC provider's certificate chain. AWS no longer checks them for GitHub's issuer, but the API still requires one."
+  type        = list(string)
+  default     = ["6938fd4d98bab03faadb97b34396831e3780aea1", "1c58a3a8518e8759bf075b76b750d4f2df264fcd"]
+}
+
+variable "trusted_central_role_arns" {
+  description = <<-EOT
+    Optional role hop: roles in a central (tooling) account that may assume the pipeline roles
+    here. The pipeline then assumes the central role with OIDC and hops to this account's role.
+    Empty: the pipeline roles trust GitHub's OIDC provider in this account only.
+  EOT
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.trusted_central_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", arn))])
+    error_message = "trusted_central_role_arns: full role ARNs only, no wildcards."
+  }
+}
+
+variable "max_session_duration_seconds" {
+  description = "Maximum session of the pipeline roles."
+  type        = number
+  default     = 3600
+}
+
+# ---- Terraform state (used by the pipeline roles) --------------------------------------
+
+variable "state_bucket" {
+  description = "S3 bucket holding this account's Terraform state (created outside these stacks, with versioning)."
+  type        = string
+}
+
+variable "state_key_prefix" {
+  description = "Key prefix of this service's state objects in state_bucket (the stacks use <prefix>/roles.tfstate and <prefix>/egress.tfstate)."
+  type        = string
+  default     = "data-egress"
+}
+
+variable "state_kms_key_arn" {
+  description = "KMS key encrypting the state bucket, if it is a customer managed key; null for SSE-S3."
+  type        = string
+  default     = null
+}
+
+# ---- What the worker may touch -----------------------------------------------------------
+
+variable "source_locations" {
+  description = <<-EOT
+    The routed prefixes the worker reads: one entry per bucket and prefix that routes name
+    (the static part of a source_prefix, before any $TODAYS_… placeholder or '*').
+    Reads are allowed under these prefixes only.
+  EOT
+  type = list(object({
+    bucket = string
+    prefix = string
+  }))
+
+  validation {
+    condition = length(var.source_locations) > 0 && alltrue([
+      for l in var.source_locations : can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", l.bucket)) && can(regex("^[^*?$]+/$", l.prefix))
+    ])
+    error_message = "source_locations: bucket names and non-empty prefixes ending in '/', with no '*', '?' or '$'."
+  }
+}
+
+variable "source_kms_key_arns" {
+  description = "KMS keys the worker may Decrypt with: keys wrapping the envelope data keys and the ESDK keys (EGRESS_KMS_KEY_ARNS), and SSE-KMS keys of the source buckets."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.source_kms_key_arns : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$", arn))])
+    error_message = "source_kms_key_arns: full key ARNs (not aliases, not wildcards)."
+  }
+}
+
+variable "destination_role_arns" {
+  description = "Roles the worker may assume to write into other accounts (the routes' role_arn)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.destination_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", arn))])
+    error_message = "destination_role_arns: full role ARNs, no wildcards."
+  }
+}
+
+variable "destination_locations" {
+  description = "Same-account destinations the worker writes with its own role (routes without role_arn): bucket and key prefix."
+  type = list(object({
+    bucket = string
+    prefix = string
+  }))
+  default = []
+
+  validation {
+    condition = alltrue([
+      for l in var.destination_locations : can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", l.bucket)) && can(regex("^[^*?$]*$", l.prefix))
+    ])
+    error_message = "destination_locations: bucket names and prefixes without '*', '?' or '$'."
+  }
+}
+
+variable "destination_kms_key_arns" {
+  description = "SSE-KMS keys of same-account destinations (the routes' destination_kms_key_id)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.destination_kms_key_arns : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$", arn))])
+    error_message = "destination_kms_key_arns: full key ARNs, no wildcards."
+  }
+}
+
+# ---- What the task execution role may read ---------------------------------------------
+
+variable "sft_secret_arns" {
+  description = "Secrets Manager secrets injected into the sft-agent container (client certificate, client key, CA bundle)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.sft_secret_arns : can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$", arn))])
+    error_message = "sft_secret_arns: full secret ARNs, no wildcards."
+  }
+}
+
+variable "secrets_kms_key_arns" {
+  description = "Customer managed KMS keys encrypting those secrets (empty when they use the AWS managed key)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.secrets_kms_key_arns : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$", arn))])
+    error_message = "secrets_kms_key_arns: full key ARNs, no wildcards."
+  }
+}
