@@ -7,9 +7,14 @@ import sys
 
 import structlog
 
+_QUIET = ("botocore", "boto3", "urllib3", "aws_encryption_sdk")
+
 
 def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging beneath it) once, at start-up."""
+    """Configure structlog (and stdlib logging beneath it) once, at start-up.
+
+    Shared by both programs (``egress run`` and ``sft-agent``), so their lines have one shape.
+    """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
@@ -33,5 +38,5 @@ def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
     )
     # Libraries log through stdlib; keep them quiet unless something is wrong.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3", "aws_encryption_sdk"):
+    for noisy in _QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,40 +1,12 @@
 """structlog configuration: one JSON line per event (default), or readable console lines.
 
+The agent logs the way the worker does (the same configuration, :mod:`egress.logs`).
 Log events carry the route and the file name, never file contents, key material,
 passphrases or secret header values: callers pass only names, sizes, reasons.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+from egress.logs import configure_logging
 
-import structlog
-
-
-def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging beneath it) once, at start-up."""
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        numeric = logging.INFO
-    renderer: structlog.types.Processor
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    else:
-        renderer = structlog.processors.JSONRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+__all__ = ["configure_logging"]
