@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from mypy_boto3_sts import STSClient
 
 
+# Emulators (moto, LocalStack) accept any credentials; these never leave the machine.
+EMULATOR_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}  # noqa: S105
+
+
 @dataclass(frozen=True)
 class AwsConfig:
     """Where and how to reach AWS (or the local emulator)."""
@@ -65,6 +69,24 @@ class AwsClients:
             aws_session_token=credentials["SessionToken"],
             config=self.config.botocore_config(),
         )
+
+
+def emulator_session(region: str) -> boto3.session.Session:
+    """A session with the emulators' throwaway credentials (never real ones)."""
+    return boto3.session.Session(
+        aws_access_key_id=EMULATOR_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=EMULATOR_CREDENTIALS["aws_secret_access_key"],
+        region_name=region,
+    )
+
+
+def session_for(config: AwsConfig) -> boto3.session.Session:
+    """The default credential chain; the emulators' throwaway credentials when an endpoint
+    URL is set (an emulator) and the chain finds none, as on a newcomer's laptop."""
+    session = boto3.session.Session(region_name=config.region)
+    if config.endpoint_url and session.get_credentials() is None:
+        return emulator_session(config.region)
+    return session
 
 
 def build_clients(config: AwsConfig, *, session: boto3.session.Session | None = None) -> AwsClients:

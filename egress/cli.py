@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from egress.aws import AwsClients, AwsConfig, build_clients
+from egress.aws import AwsClients, AwsConfig, build_clients, session_for
 
 
 @dataclass
@@ -29,7 +29,7 @@ class CliContext:
     def clients(self) -> AwsClients:
         """Clients are built on first use, so ``--help`` never needs AWS."""
         if self._clients is None:
-            self._clients = build_clients(self.aws_config)
+            self._clients = build_clients(self.aws_config, session=session_for(self.aws_config))
         return self._clients
 
 

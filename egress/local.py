@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -33,14 +34,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
-import boto3
 import yaml
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.futures import TransferFuture
 from s3transfer.subscribers import BaseSubscriber
 
-from egress.aws import AwsClients, AwsConfig, build_clients
+from egress.aws import EMULATOR_CREDENTIALS, AwsClients, AwsConfig, build_clients, emulator_session
 from egress.errors import error_code
 from egress.streams import ChunkReader
 
@@ -66,8 +66,6 @@ MAX_RECEIVE_COUNT = 5
 VISIBILITY_TIMEOUT_SECONDS = 120
 DLQ_RETENTION_SECONDS = 14 * 24 * 3600
 NOTIFICATION_ID = "data-egress-flag"
-# Emulators accept any credentials; these never leave the machine.
-LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}  # noqa: S105
 
 MIB = 1024 * 1024
 PART_SIZE = 16 * MIB
@@ -783,6 +781,21 @@ def pick_port(host: str, preferred: int, *, avoid: Sequence[int] = ()) -> int:
             return port
 
 
+def egress_command() -> str:
+    """How a second shell runs this ``egress``: its name if PATH finds this one, else its path.
+
+    ``make run`` starts from ``.venv/bin`` without activating it, so a newcomer's next shell
+    would not find a bare ``egress``.
+    """
+    script = Path(sys.executable).with_name("egress")
+    found = shutil.which("egress")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "egress"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
 def log_tail(path: Path, *, lines: int = 20) -> str:
     """The last lines of a log file, indented, for error messages."""
     try:
@@ -955,8 +968,8 @@ def child_env(extra: Mapping[str, str], *, base: Mapping[str, str]) -> dict[str,
     dropped = ("AWS_", "EGRESS_", "SFT_AGENT_", "SFT_CLIENT_", "SFT_CA_")
     env = {k: v for k, v in base.items() if k == STATE_DIR_MARKER or not k.startswith(dropped)}
     env.update(
-        AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS["aws_access_key_id"],
-        AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS["aws_secret_access_key"],
+        AWS_ACCESS_KEY_ID=EMULATOR_CREDENTIALS["aws_access_key_id"],
+        AWS_SECRET_ACCESS_KEY=EMULATOR_CREDENTIALS["aws_secret_access_key"],
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -1149,7 +1162,7 @@ class LocalStack:
         endpoint = self._start_moto(logs / "moto.log")
         clients = build_clients(
             AwsConfig(region=options.region, endpoint_url=endpoint),
-            session=_local_session(options.region),
+            session=emulator_session(options.region),
         )
         self.say(f"bootstrapping {endpoint}")
         routes_file = options.routes_file
@@ -1383,16 +1396,17 @@ class LocalStack:
         ]
         rows += [(f"log {name}", path) for name, path in logs.items()]
         rule = "─" * 78
+        egress = egress_command()
         lines = [rule, " data-egress local stack is up", rule]
         lines += [f"  {label:<15} {value}" for label, value in rows]
         lines += [
             rule,
             " Publish the sample data (files first, the flag last), in another terminal:",
-            f"   egress local publish --endpoint-url {endpoint} {sample} s3://{resources.source_bucket}/{prefix}",
+            f"   {egress} local publish --endpoint-url {endpoint} {sample} s3://{resources.source_bucket}/{prefix}",
             " Results appear in:",
             f"   s3://{resources.destination_bucket}/  (S3 routes)",
             f"   {info['received_dir']}/  (SFT routes, via the agent and the receiver)",
-            f"   egress --endpoint-url {endpoint} history  (the ledger)",
+            f"   {egress} --endpoint-url {endpoint} history  (the ledger)",
             " Ctrl-C stops everything.",
             rule,
         ]
@@ -1437,23 +1451,6 @@ class LocalStack:
 
 # ---------------------------------------------------------------------------------------
 # command line
-
-
-def _local_session(region: str) -> boto3.session.Session:
-    """A session with the emulators' throwaway credentials (never real ones)."""
-    return boto3.session.Session(
-        aws_access_key_id=LOCAL_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=LOCAL_CREDENTIALS["aws_secret_access_key"],
-        region_name=region,
-    )
-
-
-def _clients(ctx: CliContext) -> AwsClients:
-    """The context's clients; against an endpoint with no credentials around, fake ones."""
-    config = ctx.aws_config
-    if config.endpoint_url and boto3.session.Session().get_credentials() is None:
-        return build_clients(config, session=_local_session(config.region))
-    return ctx.clients
 
 
 def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -1529,7 +1526,7 @@ def _bootstrap_command(args: argparse.Namespace, ctx: CliContext) -> int:
     print(f"bootstrapping {target}", file=report_stream)
     try:
         resources = bootstrap(
-            _clients(ctx),
+            ctx.clients,
             source_bucket=args.source_bucket,
             destination_bucket=args.destination_bucket,
             queue_name=args.queue,
@@ -1566,7 +1563,7 @@ def _publish_command(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.jobs < 1:
         print("egress local publish: --jobs must be at least 1", file=ctx.err)
         return 2
-    clients = _clients(ctx)
+    clients = ctx.clients
     try:
         result = publish(
             clients.s3,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,6 +49,13 @@ def newcomer_env() -> dict[str, str]:
     """A shell with no AWS, egress or agent settings, as on a fresh machine."""
     dropped = ("AWS_", "EGRESS_", "SFT_")
     return {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+
+
+def banner_command(up: LocalUp, what: str) -> str:
+    """The command line of the banner that does ``what`` (without its trailing remark)."""
+    banner = up.stdout_path.read_text(encoding="utf-8")
+    (line,) = [line for line in banner.splitlines() if line.startswith("   ") and what in line]
+    return line.split("  (")[0].strip()
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -227,21 +235,11 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
 
     target = f"s3://{ready['source_bucket']}/{prefix}"
 
+    # In a second shell, a newcomer runs what the banner says, as it says it.
+    publish_line = banner_command(local_up, "local publish")
+    assert target in publish_line, publish_line
     publish = subprocess.run(
-        [
-            *egress_command(),
-            "local",
-            "publish",
-            "--endpoint-url",
-            ready["endpoint_url"],
-            str(SAMPLE_DIR.relative_to(REPO)),
-            target,
-        ],
-        cwd=REPO,
-        env=newcomer_env(),
-        capture_output=True,
-        timeout=60,
-        check=False,
+        shlex.split(publish_line), cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False
     )
     assert publish.returncode == 0, publish.stderr.decode(errors="replace")
     assert f"published {len(expected)} files" in publish.stdout.decode(), publish.stdout.decode()
@@ -284,6 +282,15 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
     manifest = json.loads(in_bucket[manifest_name])
     assert sorted(entry["name"] for entry in manifest["objects"]) == sorted(expected)
     assert set(at_receiver) == set(expected)
+    # The banner's ledger command, with no credentials in the shell, shows both deliveries.
+    history = subprocess.run(
+        [*shlex.split(banner_command(local_up, "history")), "--output", "json"],
+        cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False,
+    )
+    assert history.returncode == 0, history.stderr.decode(errors="replace")
+    assert {row["pipeline_name"] for row in json.loads(history.stdout)} == {
+        s3_route["pipeline_name"], sft_route["pipeline_name"]
+    }
     # Neither up's readiness probe nor the agent may fail a handshake in a healthy stack.
     assert "tls_handshake_failed" not in local_up.log("receiver").read_text(), local_up.logs()
 

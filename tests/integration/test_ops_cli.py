@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,27 @@ def test_dlq_list_and_redrive(
     assert sorted(bodies) == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
     code, out, _ = run(capsys, moto_endpoint, "dlq", "list", "--queue-url", queue_url, "--output", "json")
     assert json.loads(out) == []
+
+
+def test_operators_commands_need_no_credentials_against_an_emulator(
+    aws: AwsClients, moto_endpoint: str, unique: str, tmp_path: Path
+) -> None:
+    """The banner of `make run` tells a newcomer to run these with only --endpoint-url."""
+    import os
+    import subprocess
+    import sys
+
+    table = f"ledger-{unique}"
+    create_ledger_table(aws.dynamodb, table)
+    # A newcomer's shell: no AWS variables, no ~/.aws.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {"HOME": str(tmp_path)}
+    argv = [sys.executable, "-m", "egress.cli", "--endpoint-url", moto_endpoint, "--region", REGION,
+            "--ledger-table", table, "history", "--output", "json"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    # Without an endpoint the credential chain stays as it is: no emulator credentials for AWS.
+    argv_aws = [arg for arg in argv if arg not in ("--endpoint-url", moto_endpoint)]
+    done = subprocess.run(argv_aws, env=env | {"AWS_EC2_METADATA_DISABLED": "true"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "credentials" in done.stderr.lower(), done.stderr
