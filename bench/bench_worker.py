@@ -1,12 +1,13 @@
 """Worker benchmarks on a local moto server (run on demand, not in the test suite).
 
-1. A 1 GiB envelope-encrypted object, decrypt → SFT and decrypt → S3: throughput and the
-   worker's peak RSS (VmHWM of the worker process alone), beside a plain boto3 GET of
-   the same object in the same run.
+1. A 1 GiB encrypted object (envelope format, then an Encryption SDK message), decrypt →
+   SFT and decrypt → S3: throughput and the worker's peak RSS (VmHWM of the worker process
+   alone), beside a plain boto3 GET of the same object in the same run.
 2. 1,000 × 64 KiB objects under one flag, S3 → S3 (server-side copies): time beside
    ``s5cmd cp`` copying the same objects on the same server in the same run.
 
-MB = 10^6 bytes. Usage: ``python bench/bench_worker.py [--size-mib 1024] [--objects 1000]``.
+MB = 10^6 bytes. Usage: ``python bench/bench_worker.py [--size-mib 1024] [--objects 1000]
+[--only decrypt|many] [--formats envelope,esdk]``.
 """
 
 from __future__ import annotations
@@ -214,17 +215,29 @@ class IterFile:
         return data
 
 
-def bench_decrypt(bench: Bench, size: int) -> None:
-    from egress.transforms.encrypt import envelope_encrypt
+def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
+    """A ``size``-byte object of random bytes, encrypted in ``fmt``, at ``src/key``."""
+    transfer = TransferConfig(multipart_chunksize=64 * 1024 * 1024, max_concurrency=4)
+    if fmt == "envelope":
+        from egress.transforms.encrypt import envelope_encrypt
 
-    metadata, ciphertext = envelope_encrypt(bench.kms, key_id=bench.key_arn, chunks=encrypted_chunks(size))
-    bench.s3.upload_fileobj(
-        IterFile(ciphertext),
-        "src",
-        "big/data.bin.enc",
-        ExtraArgs={"Metadata": metadata},
-        Config=TransferConfig(multipart_chunksize=64 * 1024 * 1024, max_concurrency=4),
-    )
+        metadata, ciphertext = envelope_encrypt(bench.kms, key_id=bench.key_arn, chunks=encrypted_chunks(size))
+        bench.s3.upload_fileobj(
+            IterFile(ciphertext), "src", key, ExtraArgs={"Metadata": metadata}, Config=transfer
+        )
+        return
+    from egress.transforms.encrypt import esdk_encrypt_stream
+
+    # What aws-encryption-cli writes (default suite, 4 KiB frames), through a file on disk.
+    message = bench.workdir / "message.esdk"
+    with message.open("wb") as out:
+        esdk_encrypt_stream(bench.kms, key_arn=bench.key_arn, source=IterFile(encrypted_chunks(size)), dest=out)
+    bench.s3.upload_file(str(message), "src", key, Config=transfer)
+    message.unlink()
+
+
+def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
+    upload_encrypted(bench, size, fmt, "big/data.bin.enc")
     mb = size / 1e6
     # The peer: a plain boto3 GET of the same object, read in 8 MiB chunks.
     started = time.monotonic()
@@ -235,7 +248,7 @@ def bench_decrypt(bench: Bench, size: int) -> None:
 
     results = []
     for transfer in ("SFT", "S3"):
-        prefix = f"big-{transfer.lower()}/"
+        prefix = f"big-{fmt}-{transfer.lower()}/"
         bench.s3.copy_object(
             Bucket="src",
             Key=prefix + "data.bin.enc",
@@ -244,14 +257,14 @@ def bench_decrypt(bench: Bench, size: int) -> None:
         )
         columns: dict[str, Any] = {
             "source_prefix": prefix,
-            "pipeline_name": f"dec-{transfer}",
+            "pipeline_name": f"dec-{fmt}-{transfer}",
             "transfer_type": transfer,
             "decrypt": True,
         }
         if transfer == "S3":
-            columns.update(destination_bucket="dst", destination_prefix="dec/")
+            columns.update(destination_bucket="dst", destination_prefix=f"dec-{fmt}/")
         else:
-            columns.update(destination_prefix="dec")
+            columns.update(destination_prefix=f"dec-{fmt}")
         bench.route(**columns)
         worker, log, _ = bench.start_worker()
         started = time.monotonic()
@@ -263,10 +276,13 @@ def bench_decrypt(bench: Bench, size: int) -> None:
         worker.wait(60)
         results.append((transfer, line["seconds"], wall, rss))
         if transfer == "SFT":
-            (bench.sft_root / "dec" / "data.bin").unlink()
+            (bench.sft_root / f"dec-{fmt}" / "data.bin").unlink()
         else:
-            bench.s3.delete_object(Bucket="dst", Key="dec/data.bin")
-    print(f"\n1. decrypt {size / 2**20:.0f} MiB envelope-encrypted object (MB = 10^6 bytes)")
+            bench.s3.delete_object(Bucket="dst", Key=f"dec-{fmt}/data.bin")
+        bench.s3.delete_object(Bucket="src", Key=prefix + "data.bin.enc")
+    bench.s3.delete_object(Bucket="src", Key="big/data.bin.enc")
+    label = "envelope-encrypted object" if fmt == "envelope" else "Encryption SDK message (4 KiB frames)"
+    print(f"\n1. decrypt {size / 2**20:.0f} MiB {label} (MB = 10^6 bytes)")
     print(f"   {'path':<34}{'seconds':>9}{'MB/s':>9}{'worker peak RSS MiB':>22}")
     print(f"   {'plain boto3 GET (peer)':<34}{get_seconds:>9.2f}{mb / get_seconds:>9.0f}{'-':>22}")
     for transfer, seconds, wall, rss in results:
@@ -326,13 +342,17 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--only", choices=["decrypt", "many"], default=None)
+    parser.add_argument(
+        "--formats", default="envelope,esdk", help="encrypted formats to decrypt (envelope, esdk)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="egress-bench-") as tmp:
         bench = Bench(Path(tmp))
         try:
             print(f"moto server {bench.endpoint}; CPU count {os.cpu_count()}")
             if args.only in (None, "decrypt"):
-                bench_decrypt(bench, args.size_mib * 1024 * 1024)
+                for fmt in args.formats.split(","):
+                    bench_decrypt(bench, args.size_mib * 1024 * 1024, fmt.strip())
             if args.only in (None, "many"):
                 bench_many(bench, args.objects)
         finally:

@@ -83,6 +83,8 @@ _ESDK_V2_SUITES = {s.algorithm_id: s for s in AlgorithmSuite if s.message_format
 # How many leading bytes detection looks at: enough for any ESDK header we accept
 # (at most 5 encrypted data keys of a few hundred bytes each).
 _HEAD_BYTES = 128 * 1024
+# How much one read of the ESDK's decrypting stream asks for (see _esdk_stream).
+_ESDK_READ_BYTES = 64 * 1024
 _KMS_AUTH_CODES = frozenset(
     {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
 )
@@ -456,11 +458,20 @@ class Decryptor:
             with self._esdk_client.stream(
                 mode="d", source=ChunkReader(chunks), materials_manager=materials
             ) as stream:
-                while True:
-                    piece = stream.read(self._chunk_size)
-                    if not piece:
-                        break
-                    yield piece
+                # Small reads, joined here: the ESDK's read(n) concatenates frame after
+                # frame into one bytes object, quadratic in n / frame length (8 MiB reads
+                # of 4 KiB frames ran at 11 MB/s, 64 KiB reads at 150 MB/s).
+                pending: list[bytes] = []
+                held = 0
+                while piece := stream.read(_ESDK_READ_BYTES):
+                    pending.append(piece)
+                    held += len(piece)
+                    if held >= self._chunk_size:
+                        yield b"".join(pending)
+                        pending.clear()
+                        held = 0
+                if pending:
+                    yield b"".join(pending)
         except DecryptKeyError as exc:
             raise self._no_data_key(source, list(failures)) from exc
         except (InvalidTag, InvalidSignature) as exc:

@@ -98,6 +98,18 @@ def test_esdk_multi_frame_round_trip_byte_identical(aws: AwsClients, key_arn: st
     assert len(chunks) > 1  # streamed, not one object in memory
 
 
+def test_esdk_plaintext_comes_in_pieces_of_the_chunk_size(aws: AwsClients, key_arn: str) -> None:
+    """The ESDK is read in small steps (its read(n) is quadratic in n / frame length) and
+    the plaintext joined again, so the destinations see chunk-sized pieces, not 64 KiB ones."""
+    chunk_size = 256 * 1024
+    decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=chunk_size)
+    message = esdk_message(aws, key_arn)
+    chunks = list(decryptor.decrypt(source="s3://src/obj", metadata={}, chunks=pieces(message)))
+    assert b"".join(chunks) == PLAIN
+    assert len(chunks) == -(-len(PLAIN) // chunk_size)
+    assert all(len(chunk) == chunk_size for chunk in chunks[:-1]), [len(c) for c in chunks]
+
+
 def test_esdk_empty_message(aws: AwsClients, key_arn: str) -> None:
     message = esdk_message(aws, key_arn, b"")
     assert decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), message) == b""
