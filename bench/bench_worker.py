@@ -1,18 +1,20 @@
 """Worker benchmarks on a local moto server (run on demand, not in the test suite).
 
-1. A 1 GiB encrypted object (envelope format, then an Encryption SDK message), decrypt →
-   SFT and decrypt → S3: throughput and the worker's peak RSS (VmHWM of the worker process
-   alone), beside a plain boto3 GET of the same object in the same run.
+1. A 1 GiB encrypted object (envelope format, an Encryption SDK message, an S3 Encryption
+   Client v3 object), decrypt → SFT and decrypt → S3: throughput and the worker's peak RSS
+   (VmHWM of the worker process alone), beside a plain boto3 GET of the same object in the
+   same run.
 2. 1,000 × 64 KiB objects under one flag, S3 → S3 (server-side copies): time beside
    ``s5cmd cp`` copying the same objects on the same server in the same run.
 
 MB = 10^6 bytes. Usage: ``python bench/bench_worker.py [--size-mib 1024] [--objects 1000]
-[--only decrypt|many] [--formats envelope,esdk]``.
+[--only decrypt|many] [--formats envelope,esdk,s3ec]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -226,6 +228,15 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
             IterFile(ciphertext), "src", key, ExtraArgs={"Metadata": metadata}, Config=transfer
         )
         return
+    if fmt == "s3ec":
+        from egress.transforms.encrypt import s3ec_encrypt
+
+        # The S3 Encryption Client's own (in-memory) encryption, v3 as current clients write.
+        body, metadata = s3ec_encrypt(bench.kms, key_arn=bench.key_arn, data=b"".join(encrypted_chunks(size)))
+        bench.s3.upload_fileobj(
+            io.BytesIO(body), "src", key, ExtraArgs={"Metadata": metadata}, Config=transfer
+        )
+        return
     from egress.transforms.encrypt import esdk_encrypt_stream
 
     # What aws-encryption-cli writes (default suite, 4 KiB frames), through a file on disk.
@@ -281,7 +292,11 @@ def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
             bench.s3.delete_object(Bucket="dst", Key=f"dec-{fmt}/data.bin")
         bench.s3.delete_object(Bucket="src", Key=prefix + "data.bin.enc")
     bench.s3.delete_object(Bucket="src", Key="big/data.bin.enc")
-    label = "envelope-encrypted object" if fmt == "envelope" else "Encryption SDK message (4 KiB frames)"
+    label = {
+        "envelope": "envelope-encrypted object",
+        "esdk": "Encryption SDK message (4 KiB frames)",
+        "s3ec": "S3 Encryption Client v3 object",
+    }[fmt]
     print(f"\n1. decrypt {size / 2**20:.0f} MiB {label} (MB = 10^6 bytes)")
     print(f"   {'path':<34}{'seconds':>9}{'MB/s':>9}{'worker peak RSS MiB':>22}")
     print(f"   {'plain boto3 GET (peer)':<34}{get_seconds:>9.2f}{mb / get_seconds:>9.0f}{'-':>22}")
@@ -343,7 +358,7 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--only", choices=["decrypt", "many"], default=None)
     parser.add_argument(
-        "--formats", default="envelope,esdk", help="encrypted formats to decrypt (envelope, esdk)"
+        "--formats", default="envelope,esdk,s3ec", help="encrypted formats to decrypt (envelope, esdk, s3ec)"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="egress-bench-") as tmp:

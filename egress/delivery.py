@@ -281,7 +281,9 @@ class RouteDelivery:
             opened = open_object(self._aws.s3, source, chunk_size=self._settings.chunk_size)
             chunks: Chunks = guard(opened.chunks, cancel)
             if route.decrypt:
-                chunks = self._decryptor.decrypt(source=source.uri, metadata=opened.metadata, chunks=chunks)
+                chunks = self._decryptor.decrypt(
+                    source=source.uri, metadata=opened.metadata, chunks=chunks, size=opened.size
+                )
             if route.compress:
                 chunks = compress(chunks, fmt=route.compress_fmt or "gz")
             if route.transfer_type == "SFT":

@@ -1,4 +1,5 @@
-"""Decryption on the way: the envelope-metadata format and AWS Encryption SDK messages.
+"""Decryption on the way: the envelope-metadata format, AWS Encryption SDK messages and
+S3 Encryption Client objects (v2 and the key-committing v3).
 
 Contract with the destinations: the plaintext iterator raises at the point where
 authentication fails — for Encryption SDK messages possibly only at the very end (the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -28,9 +30,15 @@ import boto3
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError, DecryptKeyError
 from aws_encryption_sdk.identifiers import AlgorithmSuite, CommitmentPolicy
 from aws_encryption_sdk.key_providers.kms import KMSMasterKey, StrictAwsKmsMasterKeyProvider
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from s3_encryption.exceptions import S3EncryptionClientError, S3EncryptionClientSecurityError
+from s3_encryption.instruction_file_config import InstructionFileConfig
+from s3_encryption.materials.crypto_materials_manager import DefaultCryptoMaterialsManager
+from s3_encryption.materials.kms_keyring import KmsKeyring
+from s3_encryption.materials.materials import CommitmentPolicy as S3ecCommitmentPolicy
+from s3_encryption.pipelines import GetEncryptedObjectPipeline
 
 from egress.errors import (
     ACCESS_DENIED,
@@ -85,6 +93,10 @@ _ESDK_V2_SUITES = {s.algorithm_id: s for s in AlgorithmSuite if s.message_format
 _HEAD_BYTES = 128 * 1024
 # How much one read of the ESDK's decrypting stream asks for (see _esdk_stream).
 _ESDK_READ_BYTES = 64 * 1024
+# KMS refusing a ciphertext because it was wrapped by another key than the one named.
+_S3EC_OTHER_KEY_CODES = frozenset({"IncorrectKeyException", "AccessDeniedException"})
+# Keys the S3 Encryption Client puts in the encryption context itself.
+_S3EC_RESERVED_CONTEXT = frozenset({"aws:x-amz-cek-alg", "kms_cmk_id"})
 _KMS_AUTH_CODES = frozenset(
     {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
 )
@@ -320,6 +332,8 @@ class Decryptor:
         )
         self._esdk_materials: Any = None
         self._esdk_lock = threading.Lock()
+        self._s3ec_pipelines: dict[str, GetEncryptedObjectPipeline] = {}
+        self._s3ec_lock = threading.Lock()
         self._key_cache_seconds = key_cache_seconds
         self._key_cache_size = key_cache_size
 
@@ -337,9 +351,18 @@ class Decryptor:
 
     # -- decryption --------------------------------------------------------------------
     def decrypt(
-        self, *, source: str, metadata: Mapping[str, str], chunks: Iterator[bytes]
+        self,
+        *,
+        source: str,
+        metadata: Mapping[str, str],
+        chunks: Iterator[bytes],
+        size: int | None = None,
     ) -> Iterator[bytes]:
-        """Plaintext chunks of ``chunks``; raises the reason if the object cannot be trusted."""
+        """Plaintext chunks of ``chunks``; raises the reason if the object cannot be trusted.
+
+        ``size`` is the object's length (the ciphertext's); S3 Encryption Client objects
+        need it to find their trailing authentication tag.
+        """
         iterator = iter(chunks)
         # Peek: gather the first few KiB (usually the first chunk alone) for detection,
         # then yield them again ahead of the rest.
@@ -358,17 +381,7 @@ class Decryptor:
         if fmt is EncryptionFormat.ESDK:
             return self._esdk(source, stream)
         if fmt is EncryptionFormat.S3EC:
-            found = sorted(_S3EC_KEYS & set(_strip_meta(metadata)))
-            version = (
-                "v2"
-                if "x-amz-key-v2" in found
-                else ("v3" if "x-amz-3" in found or "x-amz-c" in found else "v1")
-            )
-            raise PermanentError(
-                UNKNOWN_ENCRYPTION,
-                f"{source}: S3 Encryption Client {version} object ({', '.join(found)}) is not supported; "
-                "not delivered",
-            )
+            return self._s3ec(source, _strip_meta(metadata), stream, size=size)
         raise PermanentError(
             UNKNOWN_ENCRYPTION,
             f"{source}: no envelope metadata and not an Encryption SDK message; a decrypt route never "
@@ -491,6 +504,93 @@ class Decryptor:
         finally:
             failures.clear()
 
+    # -- S3 Encryption Client --------------------------------------------------------------
+    def _s3ec_pipeline(self, key_arn: str) -> GetEncryptedObjectPipeline:
+        """The S3EC decryption pipeline for one allowed key (built once: each keyring
+        appends to the shared KMS client's user agent)."""
+        with self._s3ec_lock:
+            pipeline = self._s3ec_pipelines.get(key_arn)
+            if pipeline is None:
+                pipeline = GetEncryptedObjectPipeline(
+                    DefaultCryptoMaterialsManager(KmsKeyring(self._kms, key_arn)),
+                    # v2 (not key-committing) objects are what most archives hold.
+                    commitment_policy=S3ecCommitmentPolicy.REQUIRE_ENCRYPT_ALLOW_DECRYPT,
+                    # Instruction files would need another GET; their objects carry no
+                    # S3EC metadata and are refused as unknown_encryption before this.
+                    instruction_file_config=InstructionFileConfig(disable_get_object=True),
+                )
+                self._s3ec_pipelines[key_arn] = pipeline
+            return pipeline
+
+    def _s3ec(
+        self, source: str, meta: Mapping[str, str], chunks: Iterator[bytes], *, size: int | None
+    ) -> Iterator[bytes]:
+        """An S3 Encryption Client object (v2 AES-GCM, v3 key-committing AES-GCM), streamed.
+
+        Decrypted with the S3 Encryption Client library in its delayed-authentication
+        mode: plaintext comes out before the GCM tag at the end is checked, which the
+        destinations' contract makes safe (nothing is committed before the iterator ends
+        without error). The data key is unwrapped by KMS under one of EGRESS_KMS_KEY_ARNS
+        and the encryption context stored with the object (KMS checks it); the legacy
+        unauthenticated v1 (AES-CBC) format is refused.
+        """
+        if not self._allowed:
+            raise PermanentError(
+                KEY_NOT_ALLOWED, f"{source}: S3 Encryption Client object but no EGRESS_KMS_KEY_ARNS configured"
+            )
+        if size is None:
+            raise ValueError("the object's size is needed to decrypt an S3 Encryption Client object")
+        context = _s3ec_stored_context(source, meta)
+        reader = ChunkReader(chunks)
+        response = {"Body": reader, "Metadata": dict(meta), "ContentLength": size}
+        refused: list[str] = []
+        for key_arn in self._allowed:
+            try:
+                body = self._s3ec_pipeline(key_arn).decrypt(
+                    response,
+                    instruction_suffix=None,
+                    enable_delayed_authentication=True,
+                    encryption_context=context,
+                )
+            except ClientError as exc:
+                code = error_code(exc)
+                # The format does not name its KMS key: each allowed key is tried in turn.
+                # KMS answers IncorrectKeyException for another key's ciphertext (moto:
+                # AccessDeniedException); the body has not been read yet.
+                if code in _S3EC_OTHER_KEY_CODES:
+                    refused.append(code)
+                    continue
+                raise _kms_error(source, exc) from exc
+            except S3EncryptionClientSecurityError as exc:
+                raise PermanentError(AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client: {exc}") from exc
+            except S3EncryptionClientError as exc:
+                raise PermanentError(UNKNOWN_ENCRYPTION, f"{source}: S3 Encryption Client: {exc}") from exc
+            except BotoCoreError as exc:
+                raise RetryableError(
+                    KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
+                ) from exc
+            except (binascii.Error, ValueError) as exc:
+                raise PermanentError(
+                    AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client metadata is malformed"
+                ) from exc
+            return self._s3ec_stream(source, body)
+        raise PermanentError(
+            KEY_NOT_ALLOWED,
+            f"{source}: S3 Encryption Client data key not unwrapped by any of the {len(refused)} keys in "
+            f"EGRESS_KMS_KEY_ARNS (KMS: {', '.join(sorted(set(refused)))})",
+        )
+
+    def _s3ec_stream(self, source: str, body: Any) -> Iterator[bytes]:
+        try:
+            while piece := body.read(self._chunk_size):
+                yield piece
+        except S3EncryptionClientSecurityError as exc:
+            raise PermanentError(AUTHENTICATION_FAILED, f"{source}: authentication failed (GCM tag)") from exc
+        except (S3EncryptionClientError, IncompleteReadError) as exc:
+            raise PermanentError(
+                AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client object is truncated or malformed"
+            ) from exc
+
     @staticmethod
     def _no_data_key(source: str, failures: list[ClientError]) -> EgressError:
         """Why no data key of a message could be unwrapped: the most actionable KMS error wins."""
@@ -508,6 +608,28 @@ class Decryptor:
             KEY_NOT_ALLOWED,
             f"{source}: no data key of the message is wrapped by a KMS key in EGRESS_KMS_KEY_ARNS",
         )
+
+
+def _s3ec_stored_context(source: str, meta: Mapping[str, str]) -> dict[str, str]:
+    """The encryption context an S3EC object was written with, less the client's own keys.
+
+    The S3EC library compares it with the caller's; the worker has no expectation of its
+    own, so it passes what the object says and KMS checks it when unwrapping the key.
+    """
+    raw = meta.get("x-amz-t") if "x-amz-3" in meta else meta.get("x-amz-matdesc")
+    if not raw:
+        return {}
+    try:
+        stored = json.loads(raw)
+    except ValueError as exc:
+        raise PermanentError(
+            AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client encryption context is not JSON"
+        ) from exc
+    if not isinstance(stored, dict):
+        raise PermanentError(
+            AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client encryption context is not an object"
+        )
+    return {k: str(v) for k, v in stored.items() if k not in _S3EC_RESERVED_CONTEXT}
 
 
 def _kms_error(source: str, exc: ClientError) -> EgressError:

@@ -53,3 +53,33 @@ def esdk_encrypt_stream(kms: KMSClient, *, key_arn: str, source: BinaryIO, dest:
     with client.stream(mode="e", source=source, key_provider=_esdk_provider(kms, [key_arn])) as encryptor:
         for piece in encryptor:
             dest.write(piece)
+
+
+def s3ec_encrypt(
+    kms: KMSClient,
+    *,
+    key_arn: str,
+    data: bytes,
+    version: str = "v3",
+    encryption_context: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """An S3 Encryption Client object of ``data``: its body and the S3 user metadata.
+
+    Encrypted by the S3 Encryption Client library itself (its put pipeline, in memory):
+    ``v3`` is the key-committing format current clients write by default, ``v2`` the
+    AES-GCM one most archives hold.
+    """
+    from s3_encryption.materials.crypto_materials_manager import DefaultCryptoMaterialsManager
+    from s3_encryption.materials.kms_keyring import KmsKeyring
+    from s3_encryption.materials.materials import AlgorithmSuite
+    from s3_encryption.pipelines import PutEncryptedObjectPipeline
+
+    suites = {
+        "v3": AlgorithmSuite.ALG_AES_256_GCM_HKDF_SHA512_COMMIT_KEY,
+        "v2": AlgorithmSuite.ALG_AES_256_GCM_IV12_TAG16_NO_KDF,
+    }
+    if version not in suites:
+        raise ValueError(f"unknown S3 Encryption Client version {version!r}; known: v2, v3")
+    pipeline = PutEncryptedObjectPipeline(DefaultCryptoMaterialsManager(KmsKeyring(kms, key_arn)), suites[version])
+    body, metadata = pipeline.encrypt(data, encryption_context)
+    return bytes(body), dict(metadata)

@@ -14,6 +14,7 @@ from typing import Any
 
 from tests.e2e.conftest import FLAG, Stack, WorkerProcess
 
+# An S3 Encryption Client v2 object whose wrapped data key is not a KMS ciphertext.
 S3EC_V2_METADATA = {
     "x-amz-key-v2": base64.b64encode(b"k" * 40).decode(),
     "x-amz-iv": base64.b64encode(b"i" * 12).decode(),
@@ -147,8 +148,8 @@ def test_corpus_of_bad_messages_and_routes(stack: Stack, start_worker: Callable[
         objects={"plain.csv": b"not encrypted at all"},
     )
     case(
-        "s3ec-v2-under-decrypt",
-        "unknown_encryption",
+        "s3ec-v2-forged-data-key",
+        "authentication_failed",
         route={"transfer_type": "SFT", "destination_prefix": "s3ec", "decrypt": True},
         objects={"data.bin": (b"\x00" * 64, S3EC_V2_METADATA)},
     )

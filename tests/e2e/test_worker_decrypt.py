@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream
+from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
 from tests.e2e.conftest import FLAG, Stack, WorkerProcess
 
 PLAIN = os.urandom(3 * 1024 * 1024 + 123)  # several ESDK frames and CTR blocks, odd length
@@ -26,7 +26,7 @@ def envelope_object(stack: Stack, data: bytes = PLAIN) -> tuple[bytes, dict[str,
 
 
 @pytest.mark.parametrize("transfer_type", ["S3", "SFT"])
-def test_envelope_and_esdk_objects_are_delivered_decrypted(
+def test_envelope_esdk_and_s3ec_objects_are_delivered_decrypted(
     stack: Stack, start_worker: Callable[..., WorkerProcess], transfer_type: str
 ) -> None:
     prefix = "secret/"
@@ -40,10 +40,18 @@ def test_envelope_and_esdk_objects_are_delivered_decrypted(
     assert envelope_body != PLAIN
     stack.upload(prefix + "envelope.csv.enc", envelope_body, Metadata=metadata)
     stack.upload(prefix + "nested/esdk.csv", esdk_message(stack, stack.kms_key_arn))
+    wrapped_keys = []
+    for version in ("v2", "v3"):
+        body, s3ec_metadata = s3ec_encrypt(
+            stack.aws.kms, key_arn=stack.kms_key_arn, data=PLAIN, version=version,
+            encryption_context={"team": "warehouse"},
+        )
+        wrapped_keys.append(s3ec_metadata["x-amz-3" if version == "v3" else "x-amz-key-v2"])
+        stack.upload(prefix + f"s3ec/{version}.csv", body, Metadata=s3ec_metadata)
     worker = start_worker()
     stack.upload(prefix + FLAG)
     worker.wait_for(lambda line: line.get("event") == "message done", timeout=90)
-    names = ["envelope.csv", "nested/esdk.csv"]
+    names = ["envelope.csv", "nested/esdk.csv", "s3ec/v2.csv", "s3ec/v3.csv"]
     for name in names:
         if transfer_type == "S3":
             got = stack.aws.s3.get_object(Bucket=stack.destination_bucket, Key="plain/" + name)
@@ -55,6 +63,7 @@ def test_envelope_and_esdk_objects_are_delivered_decrypted(
     # no key material or ciphertext blob in any log line
     log_text = worker.log_path.read_text()
     assert metadata["ciphertext"] not in log_text and metadata["iv"] not in log_text
+    assert not [blob for blob in wrapped_keys if blob in log_text]
     assert worker.stop() == 0
 
 
@@ -64,10 +73,12 @@ def test_tampered_wrong_key_and_unknown_format_end_in_dlq(
     other_key = stack.aws.kms.create_key(Description="not allowed")["KeyMetadata"]["Arn"]
     message = bytearray(esdk_message(stack, stack.kms_key_arn))
     message[len(message) // 2] ^= 0x01  # one flipped bit in the body
+    s3ec_body, s3ec_metadata = s3ec_encrypt(stack.aws.kms, key_arn=stack.kms_key_arn, data=PLAIN)
     cases = {
         "tampered/": ("data.bin", bytes(message), {}, "authentication_failed"),
         "wrongkey/": ("data.bin", esdk_message(stack, other_key), {}, "key_not_allowed"),
         "unknown/": ("data.bin", b"PK\x03\x04 a zip file, not encrypted", {}, "unknown_encryption"),
+        "s3ectag/": ("data.bin", s3ec_body[:-1] + bytes([s3ec_body[-1] ^ 1]), s3ec_metadata, "authentication_failed"),
     }
     for prefix, (name, body, metadata, _) in cases.items():
         stack.put_route(source_prefix=prefix, pipeline_name="Dec", transfer_type="S3", decrypt=True,
@@ -78,7 +89,7 @@ def test_tampered_wrong_key_and_unknown_format_end_in_dlq(
     worker = start_worker()
     for prefix in cases:
         stack.upload(prefix + FLAG)
-    worker.wait_for(lambda line: line.get("event") == "message dead-lettered", count=3, timeout=90)
+    worker.wait_for(lambda line: line.get("event") == "message dead-lettered", count=len(cases), timeout=90)
     reasons = {}
     for dlq_message in stack.dlq_messages(wait=5):
         body = dlq_message["Body"]
