@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/bench_worker.py
 	$(PY) bench/bench_sft_push.py
+	$(PY) bench/bench_esdk_read.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local-stack
