@@ -18,17 +18,37 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from egress import metrics
 from egress.destinations import Delivered
 from egress.destinations.s3 import S3Destination, S3Target, TransferConfig, assume_role_s3
 from egress.destinations.sft import SftDestination
-from egress.errors import EgressError, RetryableError, StopRequested
-from egress.ledger import Claim, DeliveryKey, Ledger
+from egress.errors import (
+    LEASE_LOST,
+    EgressError,
+    RetryableError,
+    StopRequested,
+    error_code,
+    translate_client_error,
+)
+from egress.ledger import (
+    DONE,
+    SFT_DELIVERED_STATES,
+    UNSENT_KEY,
+    UPLOADING,
+    WRITTEN,
+    Claim,
+    DeliveryKey,
+    Lease,
+    Ledger,
+    ObjectRecord,
+    ProgressLog,
+)
 from egress.messages import FlagEvent
-from egress.plan import DeliveryItem, plan_route
-from egress.routing import RouteMatch
+from egress.plan import DeliveryItem, manifest_name, plan_route
+from egress.routing import Route, RouteMatch
 from egress.sources import list_objects, open_object
 from egress.streams import Chunks
 from egress.transforms.compress import compress
@@ -88,12 +108,42 @@ class RouteResult:
 class _Progress:
     objects: int = 0
     size: int = 0
+    skipped: int = 0
     manifest: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass
+class _RouteRun:
+    """One attempt at one delivery: what it needs to record progress as it goes."""
+
+    key: DeliveryKey
+    match: RouteMatch
+    cancel: threading.Event
+    checkpoint: ProgressLog
+    progress: _Progress = field(default_factory=_Progress)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        route = self.match.route
+        return {
+            "pipeline": route.pipeline_name,
+            "recipient": route.recipient_name,
+            "transfer_type": route.transfer_type,
+        }
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    return isinstance(exc, RetryableError) and exc.reason != LEASE_LOST
+
+
 class RouteDelivery:
-    """Delivers a route's objects for a flag; one instance per worker, shared by threads."""
+    """Delivers a route's objects for a flag; one instance per worker, shared by threads.
+
+    ``sft_receipt_grace`` is how long a resumed delivery waits for the agent's receipt of
+    an SFT file it recorded but can no longer find (the agent claimed it a moment ago),
+    before it writes the file again.
+    """
 
     def __init__(
         self,
@@ -106,6 +156,7 @@ class RouteDelivery:
         objects_pool: ThreadPoolExecutor,
         budget: ByteBudget,
         clock: Callable[[], float] = time.monotonic,
+        sft_receipt_grace: float = 3.0,
     ) -> None:
         self._aws = aws
         self._settings = settings
@@ -115,6 +166,7 @@ class RouteDelivery:
         self._pool = objects_pool
         self._budget = budget
         self._clock = clock
+        self._receipt_grace = sft_receipt_grace
         self._transfer = TransferConfig(
             part_size=settings.part_size,
             max_parts_in_flight=settings.parts_in_flight,
@@ -133,7 +185,11 @@ class RouteDelivery:
         cancel: threading.Event,
         on_lease: Callable[[DeliveryKey], None] | None = None,
     ) -> RouteResult:
-        """Deliver every object of the flag's folder for ``match``; idempotent via the ledger."""
+        """Deliver every object of the flag's folder for ``match``; idempotent via the ledger.
+
+        Objects an earlier attempt recorded as done are not moved again; a claim taken
+        over from a dead worker has its open uploads aborted and its temp files removed.
+        """
         route = match.route
         key = DeliveryKey(
             bucket=event.bucket,
@@ -147,18 +203,24 @@ class RouteDelivery:
             "recipient": route.recipient_name,
             "transfer_type": route.transfer_type,
         }
-        if self._ledger.begin(key, recipient=route.recipient_name, transfer_type=route.transfer_type) is (
-            Claim.ALREADY_DELIVERED
-        ):
+        lease = self._ledger.begin(key, recipient=route.recipient_name, transfer_type=route.transfer_type)
+        if lease.claim is Claim.ALREADY_DELIVERED:
             log.info("route already delivered", **labels)
             metrics.DELIVERIES.labels(**labels, outcome="duplicate").inc()
             return RouteResult(match=match, skipped=True)
         if on_lease is not None:
             on_lease(key)
         started = self._clock()
+        run = _RouteRun(key=key, match=match, cancel=cancel, checkpoint=ProgressLog(self._ledger, key))
         try:
-            progress = self._deliver_objects(event, match, cancel=cancel)
-            self._write_manifest(event, match, progress)
+            # The whole plan (names only) is made before any byte moves, so a name collision
+            # or a name the destination would refuse fails the route with nothing delivered.
+            items = self._plan(event, match)
+            manifest = manifest_name(match)
+            done = self._resume(run, lease, items) if lease.resumed else {}
+            self._deliver_objects(run, items, done)
+            self._write_manifest(event, run, manifest, done)
+            run.checkpoint.flush()
         except BaseException as exc:
             reason = exc.reason if isinstance(exc, EgressError) else type(exc).__name__
             outcome = "released" if isinstance(exc, StopRequested) else "failed"
@@ -166,11 +228,12 @@ class RouteDelivery:
             metrics.DELIVERY_SECONDS.labels(transfer_type=route.transfer_type, outcome=outcome).observe(
                 self._clock() - started
             )
-            try:
-                self._ledger.fail(key, reason=reason)
-            except EgressError as ledger_exc:
-                log.warning("could not release ledger row", reason=ledger_exc.reason)
+            if reason != LEASE_LOST:
+                self._release(run, reason=reason)
             raise
+        finally:
+            run.checkpoint.close()
+        progress = run.progress
         self._ledger.finish(key, objects=progress.objects, size=progress.size)
         elapsed = self._clock() - started
         metrics.DELIVERIES.labels(**labels, outcome="delivered").inc()
@@ -181,34 +244,165 @@ class RouteDelivery:
             "route delivered",
             objects=progress.objects,
             bytes=progress.size,
+            skipped=progress.skipped,
             seconds=round(elapsed, 3),
             **labels,
         )
         return RouteResult(match=match, objects=progress.objects, size=progress.size)
 
-    def _deliver_objects(self, event: FlagEvent, match: RouteMatch, *, cancel: threading.Event) -> _Progress:
-        """Run the objects through a bounded window of parallel deliveries."""
-        progress = _Progress()
+    def _release(self, run: _RouteRun, *, reason: str) -> None:
+        """Keep what was done (a last checkpoint), then give the lease back."""
+        try:
+            run.checkpoint.flush()
+        except EgressError as exc:
+            log.warning("could not record the last progress", reason=exc.reason)
+        try:
+            self._ledger.fail(run.key, reason=reason)
+        except EgressError as ledger_exc:
+            log.warning("could not release ledger row", reason=ledger_exc.reason)
+
+    def _plan(self, event: FlagEvent, match: RouteMatch) -> list[DeliveryItem]:
         listing = list_objects(
             self._aws.s3,
             bucket=event.bucket,
             prefix=match.delivery_prefix,
             flag_name=self._settings.flag_name,
         )
-        # The whole plan (names only) is made before any byte moves, so a name collision
-        # or an unsafe key fails the route with nothing delivered.
-        items: list[DeliveryItem] = list(plan_route(match, listing, event_time=event.event_time))
+        return list(plan_route(match, listing, event_time=event.event_time))
+
+    # -- resuming --------------------------------------------------------------------------
+    def _resume(self, run: _RouteRun, lease: Lease, items: list[DeliveryItem]) -> dict[str, ObjectRecord]:
+        """What an earlier attempt finished; clean up what a dead claim left open."""
+        route = run.match.route
+        records = self._ledger.objects(run.key)
+        if lease.taken_over:
+            metrics.TAKEOVERS.inc()
+            log.warning("taking over a lapsed claim", previous_claim=lease.taken_over, recorded=len(records))
+        if route.transfer_type == "SFT":
+            done = self._resume_sft(run, records)
+            if lease.taken_over:
+                folder = run.match.destination_prefix.strip("/")
+                removed = self._sft.sweep_temp_files(folder)
+                if removed:
+                    log.info("removed temp files of the lapsed claim", count=removed)
+        else:
+            done = {name: record for name, record in records.items() if record.status == DONE}
+            for record in records.values():
+                if record.status == UPLOADING and record.mpu_id:
+                    self._abort_recorded_upload(route, record)
+            if lease.taken_over:
+                self._abort_orphan_uploads(run, items, done, since=lease.taken_over_started)
+        if done:
+            log.info("resuming a delivery", done=len(done), planned=len(items))
+        return done
+
+    def _resume_sft(self, run: _RouteRun, records: dict[str, ObjectRecord]) -> dict[str, ObjectRecord]:
+        done: dict[str, ObjectRecord] = {}
+        unaccounted: list[ObjectRecord] = []
+        for name, record in records.items():
+            if record.status in SFT_DELIVERED_STATES - {WRITTEN}:
+                done[name] = record  # the agent has it, sent it or parked it
+            elif record.status != WRITTEN:
+                continue
+            elif self._sft.exists(name):
+                done[name] = record
+            elif record.temp_name and self._sft.commit_temp(name, record.temp_name):
+                log.info("finished a write the lapsed claim recorded", file=name)
+                done[name] = record
+            else:
+                unaccounted.append(record)
+        if not unaccounted:
+            return done
+        # Neither the file nor its temp file is there: the agent may have claimed it a
+        # moment ago (its receipt follows at once), or it never got renamed and its temp
+        # file was swept. Wait for receipts before writing anything again.
+        deadline = time.monotonic() + self._receipt_grace
+        while time.monotonic() < deadline and not run.cancel.is_set():
+            time.sleep(0.2)
+        for record in unaccounted:
+            fresh = self._ledger.object_row(run.key, record.name)
+            if (fresh is not None and fresh.status != WRITTEN) or self._sft.exists(record.name):
+                done[record.name] = fresh or record
+            else:
+                log.warning(
+                    "recorded file is gone with no receipt from the agent; writing it again", file=record.name
+                )
+        return done
+
+    def _abort_recorded_upload(self, route: Route, record: ObjectRecord) -> None:
+        writer = self._writer_for(route.role_arn)
+        try:
+            writer.s3.abort_multipart_upload(
+                Bucket=record.bucket or route.destination_bucket or "",
+                Key=record.name,
+                UploadId=record.mpu_id or "",
+            )
+            log.info("aborted the upload of an earlier attempt", key=record.name, upload_id=record.mpu_id)
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":
+                raise translate_client_error(exc, doing=f"aborting the upload of {record.name}") from exc
+        except BotoCoreError as exc:
+            raise translate_client_error(exc, doing=f"aborting the upload of {record.name}") from exc
+
+    def _abort_orphan_uploads(
+        self, run: _RouteRun, items: list[DeliveryItem], done: dict[str, ObjectRecord], *, since: float | None
+    ) -> None:
+        """Abort uploads a dead claim opened but could not record (killed in between)."""
+        route = run.match.route
+        wanted = {item.destination_name for item in items if item.destination_name not in done}
+        if not wanted:
+            return
+        writer = self._writer_for(route.role_arn)
+        bucket = route.destination_bucket or ""
+        try:
+            paginator = writer.s3.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=bucket, Prefix=run.match.destination_prefix):
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    if upload.get("Key") not in wanted:
+                        continue
+                    if since is not None and initiated is not None and initiated.timestamp() < since - 300:
+                        continue  # older than the lapsed claim: not its upload
+                    writer.s3.abort_multipart_upload(
+                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    log.info("aborted an unrecorded upload of the lapsed claim", key=upload["Key"])
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing=f"listing open uploads in s3://{bucket}") from exc
+
+    # -- moving objects --------------------------------------------------------------------
+    def _deliver_objects(
+        self, run: _RouteRun, items: list[DeliveryItem], done: dict[str, ObjectRecord]
+    ) -> None:
+        """Run the objects not done yet through a bounded window of parallel deliveries."""
+        progress = run.progress
+        match = run.match
+        for item in items:
+            record = done.get(item.destination_name)
+            if record is None:
+                continue
+            progress.objects += 1
+            progress.size += record.size
+            progress.skipped += 1
+            if match.route.manifest_file_name:
+                progress.manifest.append(
+                    record.manifest_entry(_relative_to(item.destination_name, match.destination_prefix))
+                )
+        if progress.skipped:
+            metrics.OBJECTS_SKIPPED.labels(**run.labels).inc(progress.skipped)
+        todo = [item for item in items if item.destination_name not in done]
         window = max(2, self._settings.object_concurrency * 2)
         pending: set[Future[None]] = set()
         failure: BaseException | None = None
+        cancel = run.cancel
         try:
-            for item in items:
+            for item in todo:
                 if cancel.is_set():
                     raise StopRequested
-                pending.add(self._pool.submit(self._deliver_one, match, item, progress, cancel))
+                pending.add(self._pool.submit(self._deliver_one, run, item))
                 if len(pending) >= window:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
                         future.result()  # first failure stops the route
         except BaseException as exc:  # noqa: BLE001 - re-raised below once in-flight work drained
             failure = exc
@@ -227,14 +421,11 @@ class RouteDelivery:
                     log.warning("another object failed", error=str(exc)[:200])
         if failure is not None:
             raise failure
-        return progress
 
-    def _deliver_one(
-        self, match: RouteMatch, item: DeliveryItem, progress: _Progress, cancel: threading.Event
-    ) -> None:
-        route = match.route
+    def _deliver_one(self, run: _RouteRun, item: DeliveryItem) -> None:
+        route = run.match.route
         attempts = Retrying(
-            retry=retry_if_exception_type(RetryableError),
+            retry=retry_if_exception(_worth_retrying),
             stop=stop_after_attempt(max(1, self._settings.retry_attempts)),
             wait=wait_random_exponential(multiplier=0.5, max=10),
             reraise=True,
@@ -242,38 +433,95 @@ class RouteDelivery:
         delivered: Delivered | None = None
         for attempt in attempts:
             with attempt:
-                if cancel.is_set():
+                if run.cancel.is_set():
                     raise StopRequested
-                delivered = self._move(match, item, cancel=cancel)
+                delivered = self._move(run, item)
         assert delivered is not None
-        labels = {
-            "pipeline": route.pipeline_name,
-            "recipient": route.recipient_name,
-            "transfer_type": route.transfer_type,
-        }
-        metrics.OBJECTS.labels(**labels).inc()
-        metrics.BYTES.labels(**labels).inc(delivered.size)
+        if route.transfer_type == "S3":
+            run.checkpoint.add(self._row(run, item.destination_name, item.source.key, DONE, delivered))
+        metrics.OBJECTS.labels(**run.labels).inc()
+        metrics.BYTES.labels(**run.labels).inc(delivered.size)
+        progress = run.progress
         with progress.lock:
             progress.objects += 1
             progress.size += delivered.size
             if route.manifest_file_name:
                 progress.manifest.append(
                     {
-                        "name": _relative_to(item.destination_name, match.destination_prefix),
+                        "name": _relative_to(item.destination_name, run.match.destination_prefix),
                         "size": delivered.size,
                         "sha256": delivered.sha256,
                         "source_key": item.source.key,
                     }
                 )
 
-    def _move(self, match: RouteMatch, item: DeliveryItem, *, cancel: threading.Event) -> Delivered:
+    def _row(
+        self,
+        run: _RouteRun,
+        name: str,
+        source_key: str,
+        status: str,
+        delivered: Delivered | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        return self._ledger.object_item(
+            run.key,
+            name=name,
+            status=status,
+            source_key=source_key,
+            size=delivered.size if delivered else 0,
+            sha256=delivered.sha256 if delivered else None,
+            **extra,
+        )
+
+    def _before_rename(self, run: _RouteRun, name: str, source_key: str) -> Callable[[str, int, str], None]:
+        """The SFT write-ahead: the file's row exists before the agent can see the file."""
+
+        def record(temp_name: str, size: int, sha256: str) -> None:
+            delivered = Delivered(name=name, size=size, sha256=sha256)
+            run.checkpoint.record_now(
+                [
+                    self._row(
+                        run,
+                        name,
+                        source_key,
+                        WRITTEN,
+                        delivered,
+                        sft_path=name,
+                        unsent=UNSENT_KEY,
+                        temp_name=temp_name,
+                    )
+                ]
+            )
+
+        return record
+
+    def _upload_started(
+        self, run: _RouteRun, name: str, source_key: str, bucket: str
+    ) -> Callable[[str], None]:
+        def record(upload_id: str) -> None:
+            run.checkpoint.record_now(
+                [self._row(run, name, source_key, UPLOADING, mpu_id=upload_id, bucket=bucket)]
+            )
+
+        return record
+
+    def _move(self, run: _RouteRun, item: DeliveryItem) -> Delivered:
+        match = run.match
+        cancel = run.cancel
         route = match.route
         source = item.source
+        name = item.destination_name
         plain_copy = route.transfer_type == "S3" and not (route.decrypt or route.compress or route.role_arn)
         if plain_copy:
-            return self._uploader.copy(source, self._s3_target(match, item.destination_name), cancel=cancel)
+            return self._uploader.copy(
+                source,
+                self._s3_target(match, name),
+                cancel=cancel,
+                on_upload_started=self._upload_started(run, name, source.key, route.destination_bucket or ""),
+            )
         if route.transfer_type == "SFT":
-            self._sft.ensure_space(source.size, path=self._sft.resolve(item.destination_name))
+            self._sft.ensure_space(source.size, path=self._sft.resolve(name))
         taken = self._budget.acquire(
             min(source.size + self._settings.chunk_size, self._per_object_cost), cancel=cancel
         )
@@ -287,16 +535,23 @@ class RouteDelivery:
             if route.compress:
                 chunks = compress(chunks, fmt=route.compress_fmt or "gz")
             if route.transfer_type == "SFT":
-                return self._sft.write(item.destination_name, chunks, cancel=cancel)
+                return self._sft.write(
+                    name, chunks, cancel=cancel, before_commit=self._before_rename(run, name, source.key)
+                )
             # Undecrypted bytes keep their envelope metadata, or they could never be read.
             metadata = {} if route.decrypt else dict(opened.metadata)
             target = self._s3_target(
                 match,
-                item.destination_name,
+                name,
                 metadata=metadata,
                 content_type=None if route.compress else opened.content_type,
             )
-            return self._writer_for(route.role_arn).upload(target, chunks, cancel=cancel)
+            return self._writer_for(route.role_arn).upload(
+                target,
+                chunks,
+                cancel=cancel,
+                on_upload_started=self._upload_started(run, name, source.key, target.bucket),
+            )
         finally:
             self._budget.release(taken)
 
@@ -326,31 +581,29 @@ class RouteDelivery:
         )
         return S3Destination(client, config=self._transfer)
 
-    def _write_manifest(self, event: FlagEvent, match: RouteMatch, progress: _Progress) -> None:
-        route = match.route
-        if not route.manifest_file_name:
+    def _write_manifest(
+        self, event: FlagEvent, run: _RouteRun, name: str | None, done: dict[str, ObjectRecord]
+    ) -> None:
+        """The manifest, last; once written (recorded like an object) it is not written again."""
+        if name is None or name in done:
             return
+        route = run.match.route
         body = {
             "flag": event.uri,
             "pipeline_name": route.pipeline_name,
             "recipient_name": route.recipient_name,
             "event_time": event.event_time.isoformat(),
             "generated_at": datetime.now(event.event_time.tzinfo).isoformat(timespec="seconds"),
-            "objects": sorted(progress.manifest, key=lambda entry: str(entry["name"])),
+            "objects": sorted(run.progress.manifest, key=lambda entry: str(entry["name"])),
         }
         data = json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8")
-        name = _join(match.destination_prefix, route.manifest_file_name)
+        source_key = run.match.delivery_prefix + (route.manifest_file_name or "")
         if route.transfer_type == "SFT":
-            self._sft.write_bytes(name, data)
+            self._sft.write_bytes(name, data, before_commit=self._before_rename(run, name, source_key))
         else:
-            target = self._s3_target(match, name, content_type="application/json")
-            self._writer_for(route.role_arn).upload(target, iter([data]))
-
-
-def _join(prefix: str, name: str) -> str:
-    if not prefix or prefix.endswith("/"):
-        return prefix + name
-    return f"{prefix}/{name}"
+            target = self._s3_target(run.match, name, content_type="application/json")
+            delivered = self._writer_for(route.role_arn).upload(target, iter([data]))
+            run.checkpoint.add(self._row(run, name, source_key, DONE, delivered))
 
 
 def _relative_to(name: str, prefix: str) -> str:

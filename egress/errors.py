@@ -43,6 +43,7 @@ AWS_UNAVAILABLE: Final = "aws_unavailable"
 KMS_UNAVAILABLE: Final = "kms_unavailable"
 DISK_SHORT: Final = "disk_short"
 IN_PROGRESS_ELSEWHERE: Final = "in_progress_elsewhere"
+LEASE_LOST: Final = "lease_lost"
 SHUTDOWN: Final = "shutdown"
 TRANSIENT: Final = "transient"
 

@@ -1,11 +1,21 @@
-"""The ledger: one row per delivery of one flag upload to one route.
+"""The ledger: claims on deliveries, progress per object, and the audit trail.
 
-It makes deliveries idempotent (a duplicate notification, or a redelivery after a
-finished route, delivers nothing twice) and is the audit trail behind ``egress history``.
-Claiming a delivery is a conditional write: the first worker takes a lease; others see
-it in progress (retry later) or delivered (nothing to do). A flag upload is identified
-by bucket, key and the event's ``sequencer`` (or the version id, or LastModified), never
-by ETag: every empty flag has the same ETag, and a re-run must be delivered again.
+One delivery is one flag upload delivered by one route. Its row (``record = "route"``)
+holds the claim: the first worker takes a lease with a conditional write, renews it
+with the heartbeat that extends its message, and a dead worker's lease lapses about
+when its message reappears, so the next receive takes the delivery over. Every object
+of the delivery has a row of its own (``record = "obj#<destination name>"``): what was
+delivered (name, size, SHA-256), the open multipart upload of a streamed S3 object, and
+for SFT files what the agent did with them (sent, parked). A resumed, retried or
+redriven delivery reads these rows and moves only what is not done.
+
+Every write a claim makes on object rows is fenced: a transaction that checks the
+route row is still held by this claim. A worker that lost its lease (paused past it,
+cut off) can no longer record anything, and learns so at its next write or renewal.
+
+A flag upload is identified by bucket, key and the event's ``sequencer`` (or the
+version id, or the event time), never by ETag: every empty flag has the same ETag, and a
+re-run must be delivered again. The table layout is in ``docs/exactly-once.md``.
 """
 
 from __future__ import annotations
@@ -14,17 +24,23 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+import structlog
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from egress.errors import (
     IN_PROGRESS_ELSEWHERE,
+    LEASE_LOST,
+    THROTTLED,
+    EgressError,
     RetryableError,
     error_code,
     translate_client_error,
@@ -33,9 +49,36 @@ from egress.errors import (
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+log = structlog.get_logger("egress.ledger")
+
+# Route row states.
 IN_PROGRESS = "in_progress"
 DELIVERED = "delivered"
 FAILED = "failed"
+RECEIVED = "received"  # derived for SFT routes: every file sent (never stored on the route row)
+
+# Object row states: S3 …
+UPLOADING = "uploading"
+DONE = "done"
+# … and SFT, the first written by the worker, the others by the agent.
+WRITTEN = "written"
+SENDING = "sending"
+RETRY = "retry"
+SENT = "sent"
+PARKED = "parked"
+SFT_DELIVERED_STATES = frozenset({WRITTEN, SENDING, RETRY, SENT, PARKED})
+
+ROUTE_RECORD = "route"
+OBJECT_PREFIX = "obj#"
+SFT_PATH_INDEX = "by_sft_path"
+UNSENT_INDEX = "unsent"
+UNSENT_KEY = "sft"
+
+# BatchWriteItem's limit.
+_ROWS_PER_BATCH = 25
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
 
 
 class Claim(Enum):
@@ -43,6 +86,34 @@ class Claim(Enum):
 
     ACQUIRED = "acquired"
     ALREADY_DELIVERED = "already_delivered"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The outcome of :meth:`Ledger.begin`.
+
+    ``resumed`` is true when an earlier attempt at the same delivery exists (its object
+    rows say what is done); ``taken_over`` names the earlier claim when it never ended
+    (its worker died or was cut off), whose open uploads and temp files must be cleaned.
+    """
+
+    claim: Claim
+    token: str = ""
+    resumed: bool = False
+    taken_over: str | None = None
+    taken_over_started: float | None = None
+
+
+class LeaseHeld(RetryableError):
+    """Another live worker holds the delivery; try again after ``retry_after`` seconds."""
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(IN_PROGRESS_ELSEWHERE, detail)
+        self.retry_after = retry_after
+
+
+class LedgerSchemaError(RuntimeError):
+    """The ledger table exists with another key schema; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +134,50 @@ class DeliveryKey:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One object row: what a delivery did (or is doing) with one destination name."""
+
+    name: str
+    status: str
+    source_key: str = ""
+    size: int = 0
+    sha256: str | None = None
+    claim: str = ""
+    mpu_id: str | None = None
+    bucket: str | None = None
+    temp_name: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ObjectRecord:
+        return cls(
+            name=str(row.get("name", "")),
+            status=str(row.get("status", "")),
+            source_key=str(row.get("source_key", "")),
+            size=int(row.get("size", 0) or 0),
+            sha256=row.get("sha256") or None,
+            claim=str(row.get("claim", "")),
+            mpu_id=row.get("mpu_id") or None,
+            bucket=row.get("bucket") or None,
+            temp_name=row.get("temp_name") or None,
+        )
+
+    def manifest_entry(self, relative_name: str) -> dict[str, Any]:
+        return {
+            "name": relative_name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "source_key": self.source_key,
+        }
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Transient AWS trouble, not a claim held or lost (asking again at once cannot help)."""
+    return isinstance(exc, RetryableError) and exc.reason not in {IN_PROGRESS_ELSEWHERE, LEASE_LOST}
+
+
 _aws_retry = retry(
-    retry=retry_if_exception_type(RetryableError),
+    retry=retry_if_exception(_worth_retrying),
     stop=stop_after_attempt(4),
     wait=wait_random_exponential(multiplier=0.2, max=5),
     reraise=True,
@@ -72,21 +185,65 @@ _aws_retry = retry(
 
 
 def create_ledger_table(dynamodb: DynamoDBClient, name: str) -> None:
-    """Create the ledger table (on-demand, TTL on ``expires_at``) unless it exists."""
+    """Create the ledger table (on-demand, TTL on ``expires_at``, two sparse indexes) unless it exists.
+
+    Raises :class:`LedgerSchemaError` if a table of that name has another key schema.
+    """
     try:
         dynamodb.create_table(
             TableName=name,
-            KeySchema=[{"AttributeName": "delivery_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "delivery_id", "AttributeType": "S"}],
+            KeySchema=[
+                {"AttributeName": "delivery_id", "KeyType": "HASH"},
+                {"AttributeName": "record", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "delivery_id", "AttributeType": "S"},
+                {"AttributeName": "record", "AttributeType": "S"},
+                {"AttributeName": "sft_path", "AttributeType": "S"},
+                {"AttributeName": "sha256", "AttributeType": "S"},
+                {"AttributeName": "unsent", "AttributeType": "S"},
+                {"AttributeName": "written_epoch", "AttributeType": "N"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": SFT_PATH_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "sft_path", "KeyType": "HASH"},
+                        {"AttributeName": "sha256", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+                {
+                    "IndexName": UNSENT_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "unsent", "KeyType": "HASH"},
+                        {"AttributeName": "written_epoch", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+            ],
             BillingMode="PAY_PER_REQUEST",
         )
         dynamodb.get_waiter("table_exists").wait(TableName=name)
     except ClientError as exc:
         if error_code(exc) != "ResourceInUseException":
             raise
+        check_ledger_schema(dynamodb, name)
     if _ttl_disabled(dynamodb, name):
         dynamodb.update_time_to_live(
             TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )
+
+
+def check_ledger_schema(dynamodb: DynamoDBClient, name: str) -> None:
+    """Raise :class:`LedgerSchemaError` unless ``name`` is keyed by ``delivery_id`` + ``record``."""
+    table = dynamodb.describe_table(TableName=name)["Table"]
+    keys = {entry["AttributeName"]: entry["KeyType"] for entry in table.get("KeySchema", [])}
+    if keys != {"delivery_id": "HASH", "record": "RANGE"}:
+        raise LedgerSchemaError(
+            f"ledger table {name} is keyed {keys}; this version needs partition key delivery_id and "
+            "sort key record (progress is recorded per object). Recreate the table (it holds only "
+            "the audit trail) or point EGRESS_LEDGER_TABLE at a new one."
         )
 
 
@@ -95,8 +252,17 @@ def _ttl_disabled(dynamodb: DynamoDBClient, name: str) -> bool:
     return status.get("TimeToLiveStatus") not in {"ENABLED", "ENABLING"}
 
 
-def _now_iso(clock: Callable[[], float]) -> str:
-    return datetime.fromtimestamp(clock(), UTC).isoformat(timespec="seconds")
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _route_key(key: DeliveryKey) -> dict[str, Any]:
+    return {"delivery_id": {"S": key.delivery_id}, "record": {"S": ROUTE_RECORD}}
+
+
+def object_record_name(name: str) -> str:
+    """The sort key of the object row for destination ``name``."""
+    return OBJECT_PREFIX + name
 
 
 class Ledger:
@@ -108,7 +274,7 @@ class Ledger:
         table_name: str,
         *,
         owner: str,
-        lease_seconds: int = 900,
+        lease_seconds: int = 120,
         ttl_days: int = 90,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -123,11 +289,20 @@ class Ledger:
         self._tokens: dict[str, str] = {}
         self._tokens_lock = threading.Lock()
 
-    @_aws_retry
-    def begin(self, key: DeliveryKey, *, recipient: str, transfer_type: str) -> Claim:
-        """Take the lease on a delivery, or learn it is done or held by another worker.
+    @property
+    def table_name(self) -> str:
+        return self._table
 
-        Raises ``RetryableError(in_progress_elsewhere)`` while another worker's lease holds.
+    @property
+    def lease_seconds(self) -> int:
+        return self._lease
+
+    # -- the claim -------------------------------------------------------------------------
+    @_aws_retry
+    def begin(self, key: DeliveryKey, *, recipient: str, transfer_type: str) -> Lease:
+        """Take the lease on a delivery, or learn it is done, or that a live worker holds it.
+
+        Raises :class:`LeaseHeld` while another worker's lease holds.
         """
         now = self._clock()
         token = f"{self._owner}/{uuid.uuid4().hex[:12]}"
@@ -137,7 +312,8 @@ class Ledger:
             ":now": {"N": str(int(now))},
             ":delivered": {"S": DELIVERED},
             ":in_progress": {"S": IN_PROGRESS},
-            ":started": {"S": _now_iso(self._clock)},
+            ":started": {"S": _iso(now)},
+            ":started_epoch": {"N": str(int(now))},
             ":expires": {"N": str(int(now + self._ttl))},
             ":bucket": {"S": key.bucket},
             ":flag": {"S": key.flag_key},
@@ -150,42 +326,56 @@ class Ledger:
             ":zero": {"N": "0"},
         }
         try:
-            self._db.update_item(
+            response = self._db.update_item(
                 TableName=self._table,
-                Key={"delivery_id": {"S": key.delivery_id}},
+                Key=_route_key(key),
                 UpdateExpression=(
                     "SET #status = :in_progress, #owner = :owner, lease_until = :lease, "
-                    "started_at = :started, expires_at = :expires, flag_bucket = :bucket, "
-                    "flag_key = :flag, flag_upload = :upload, source_prefix = :prefix, "
-                    "pipeline_name = :pipeline, recipient_name = :recipient, transfer_type = :type, "
-                    "attempts = if_not_exists(attempts, :zero) + :one"
+                    "started_at = :started, started_epoch = :started_epoch, expires_at = :expires, "
+                    "flag_bucket = :bucket, flag_key = :flag, flag_upload = :upload, "
+                    "source_prefix = :prefix, pipeline_name = :pipeline, recipient_name = :recipient, "
+                    "transfer_type = :type, attempts = if_not_exists(attempts, :zero) + :one"
                 ),
                 ConditionExpression=(
-                    "attribute_not_exists(delivery_id) OR "
-                    "(#status <> :delivered AND lease_until < :now)"
+                    "attribute_not_exists(delivery_id) OR (#status <> :delivered AND lease_until < :now)"
                 ),
                 ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
                 ExpressionAttributeValues=values,
+                ReturnValues="ALL_OLD",
             )
-            with self._tokens_lock:
-                self._tokens[key.delivery_id] = token
-            return Claim.ACQUIRED
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise translate_client_error(exc, doing="claiming a ledger row") from exc
         except BotoCoreError as exc:
             raise translate_client_error(exc, doing="claiming a ledger row") from exc
-        item = self._get(key)
-        if item and item.get("status", {}).get("S") == DELIVERED:
-            return Claim.ALREADY_DELIVERED
-        raise RetryableError(
-            IN_PROGRESS_ELSEWHERE,
-            f"delivery of {key.flag_key} by {key.pipeline_name} is leased by another worker",
+        else:
+            with self._tokens_lock:
+                self._tokens[key.delivery_id] = token
+            old = _plain(response.get("Attributes") or {})
+            lapsed = old.get("status") == IN_PROGRESS
+            return Lease(
+                claim=Claim.ACQUIRED,
+                token=token,
+                resumed=bool(old),
+                taken_over=str(old.get("owner", "")) if lapsed else None,
+                taken_over_started=float(old["started_epoch"]) if lapsed and "started_epoch" in old else None,
+            )
+        row = self.route_row(key)
+        if row and row.get("status") == DELIVERED:
+            return Lease(claim=Claim.ALREADY_DELIVERED)
+        remaining = float(row.get("lease_until", now) if row else now) - now
+        raise LeaseHeld(
+            f"delivery of {key.flag_key} by {key.pipeline_name} is held by another worker for "
+            f"{max(0, int(remaining))}s more",
+            retry_after=max(0.0, remaining),
         )
 
     @_aws_retry
     def renew(self, key: DeliveryKey) -> None:
-        """Extend this worker's lease (called with the visibility heartbeat)."""
+        """Extend this worker's lease (called with the visibility heartbeat, before it).
+
+        Raises ``RetryableError(lease_lost)`` if another worker took the delivery over.
+        """
         self._update(
             key,
             "SET lease_until = :lease",
@@ -202,7 +392,7 @@ class Ledger:
             "bytes_delivered = :bytes, lease_until = :zero REMOVE last_reason",
             {
                 ":delivered": {"S": DELIVERED},
-                ":finished": {"S": _now_iso(self._clock)},
+                ":finished": {"S": _iso(self._clock())},
                 ":objects": {"N": str(objects)},
                 ":bytes": {"N": str(size)},
                 ":zero": {"N": "0"},
@@ -222,22 +412,108 @@ class Ledger:
                 ":failed": {"S": FAILED},
                 ":reason": {"S": reason},
                 ":zero": {"N": "0"},
-                ":at": {"S": _now_iso(self._clock)},
+                ":at": {"S": _iso(self._clock())},
             },
             doing="releasing a ledger row",
             names={"#status": "status"},
         )
         self._forget(key)
 
+    def token(self, key: DeliveryKey) -> str:
+        with self._tokens_lock:
+            return self._tokens.get(key.delivery_id, "")
+
     def _forget(self, key: DeliveryKey) -> None:
         with self._tokens_lock:
             self._tokens.pop(key.delivery_id, None)
 
+    # -- progress per object ----------------------------------------------------------------
+    def object_item(
+        self,
+        key: DeliveryKey,
+        *,
+        name: str,
+        status: str,
+        source_key: str,
+        size: int = 0,
+        sha256: str | None = None,
+        **extra: str | int | None,
+    ) -> dict[str, Any]:
+        """The DynamoDB item of an object row written by this delivery's claim."""
+        now = self._clock()
+        row: dict[str, Any] = {
+            "delivery_id": key.delivery_id,
+            "record": object_record_name(name),
+            "name": name,
+            "status": status,
+            "source_key": source_key,
+            "size": size,
+            "claim": self.token(key),
+            "written_at": _iso(now),
+            "written_epoch": int(now),
+            "expires_at": int(now + self._ttl),
+        }
+        if sha256:
+            row["sha256"] = sha256
+        row.update({name: value for name, value in extra.items() if value is not None})
+        return {name: _serializer.serialize(value) for name, value in row.items()}
+
+    @_aws_retry
+    def record(self, key: DeliveryKey, items: list[dict[str, Any]]) -> None:
+        """Write object rows, fenced by this claim's lease (``RetryableError(lease_lost)`` if gone).
+
+        The fence is a conditional renewal of the lease, made first; the rows follow in
+        batches. (A transaction would make the two one step, but it would not close the
+        window that matters — between a row and the rename it precedes — and the emulator
+        copies the whole table for every transaction.)
+        """
+        self.renew(key)
+        for start in range(0, len(items), _ROWS_PER_BATCH):
+            self._write_batch(items[start : start + _ROWS_PER_BATCH])
+
+    def objects(self, key: DeliveryKey) -> dict[str, ObjectRecord]:
+        """Every object row of the delivery, by destination name (consistent read)."""
+        return {
+            record.name: record
+            for record in (ObjectRecord.from_row(row) for row in self.object_rows(key.delivery_id))
+        }
+
+    def object_rows(self, delivery_id: str) -> Iterator[dict[str, Any]]:
+        """The object rows of a delivery as plain dicts (``egress history --files``)."""
+        paginator = self._db.get_paginator("query")
+        try:
+            for page in paginator.paginate(
+                TableName=self._table,
+                KeyConditionExpression="delivery_id = :id AND begins_with(#record, :obj)",
+                ExpressionAttributeNames={"#record": "record"},
+                ExpressionAttributeValues={":id": {"S": delivery_id}, ":obj": {"S": OBJECT_PREFIX}},
+                ConsistentRead=True,
+            ):
+                for item in page.get("Items", []):
+                    yield _plain(item)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing="reading a delivery's object rows") from exc
+
+    def object_row(self, key: DeliveryKey, name: str) -> ObjectRecord | None:
+        """One object row, read consistently."""
+        item = self._get({"delivery_id": {"S": key.delivery_id}, "record": {"S": object_record_name(name)}})
+        return ObjectRecord.from_row(item) if item else None
+
+    # -- reading ---------------------------------------------------------------------------
+    def route_row(self, key: DeliveryKey) -> dict[str, Any] | None:
+        """The delivery's route row (consistent read), as a plain dict."""
+        return self._get(_route_key(key))
+
     def history(self, *, limit: int = 1000) -> Iterator[dict[str, Any]]:
-        """Ledger rows, newest first within each page (operators' audit trail; scans)."""
+        """Route rows, newest first within each page (operators' audit trail; scans)."""
         paginator = self._db.get_paginator("scan")
         count = 0
-        for page in paginator.paginate(TableName=self._table):
+        for page in paginator.paginate(
+            TableName=self._table,
+            FilterExpression="#record = :route",
+            ExpressionAttributeNames={"#record": "record"},
+            ExpressionAttributeValues={":route": {"S": ROUTE_RECORD}},
+        ):
             rows = [_plain(item) for item in page.get("Items", [])]
             rows.sort(key=lambda row: str(row.get("started_at", "")), reverse=True)
             for row in rows:
@@ -246,16 +522,15 @@ class Ledger:
                 if count >= limit:
                     return
 
-    def _get(self, key: DeliveryKey) -> dict[str, Any] | None:
+    def _get(self, item_key: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            response = self._db.get_item(
-                TableName=self._table, Key={"delivery_id": {"S": key.delivery_id}}, ConsistentRead=True
-            )
+            response = self._db.get_item(TableName=self._table, Key=item_key, ConsistentRead=True)
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, doing="reading a ledger row") from exc
         item = response.get("Item")
-        return dict(item) if item else None
+        return _plain(item) if item else None
 
+    # -- conditional writes ------------------------------------------------------------------
     def _update(
         self,
         key: DeliveryKey,
@@ -266,13 +541,11 @@ class Ledger:
         names: dict[str, str] | None = None,
     ) -> None:
         names = {**(names or {}), "#owner": "owner"}
-        with self._tokens_lock:
-            token = self._tokens.get(key.delivery_id, "")
-        values = {**values, ":me": {"S": token}}
+        values = {**values, ":me": {"S": self.token(key)}}
         try:
             self._db.update_item(
                 TableName=self._table,
-                Key={"delivery_id": {"S": key.delivery_id}},
+                Key=_route_key(key),
                 UpdateExpression=expression,
                 ConditionExpression="#owner = :me",
                 ExpressionAttributeNames=names,
@@ -281,20 +554,102 @@ class Ledger:
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 raise RetryableError(
-                    IN_PROGRESS_ELSEWHERE, f"{doing}: the lease was taken over by another worker"
+                    LEASE_LOST, f"{doing}: the lease was taken over by another worker"
                 ) from exc
             raise translate_client_error(exc, doing=doing) from exc
         except BotoCoreError as exc:
             raise translate_client_error(exc, doing=doing) from exc
 
+    def _write_batch(self, items: list[dict[str, Any]]) -> None:
+        requests: list[Any] = [{"PutRequest": {"Item": item}} for item in items]
+        delay = 0.05
+        for _ in range(8):
+            try:
+                response = self._db.batch_write_item(RequestItems={self._table: requests})
+            except (ClientError, BotoCoreError) as exc:
+                raise translate_client_error(exc, doing="recording progress in the ledger") from exc
+            requests = list(response.get("UnprocessedItems", {}).get(self._table, []))
+            if not requests:
+                return
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+        raise RetryableError(THROTTLED, f"recording progress: {len(requests)} rows left unprocessed")
 
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    from decimal import Decimal
 
-    from boto3.dynamodb.types import TypeDeserializer
+class ProgressLog:
+    """Object rows of one delivery, written in batches (a checkpoint every ``interval`` or ``batch``).
 
-    deserializer = TypeDeserializer()
-    row = {name: deserializer.deserialize(value) for name, value in item.items()}
+    Small objects finish by the hundred a second; one fenced transaction per object
+    would double their cost, so finished rows are collected and written together. A
+    crash loses at most the last ``interval`` of records, whose objects a resumed
+    delivery then moves again (S3 rewrites the same bytes; SFT files are never batched:
+    they are recorded before they become visible, see :meth:`record_now`).
+    """
+
+    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 1.0) -> None:
+        self._ledger = ledger
+        self._key = key
+        self._batch = batch
+        self._interval = interval
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._error: EgressError | None = None
+
+    def add(self, item: dict[str, Any]) -> None:
+        """Queue a finished object's row; flushes when a batch is full."""
+        self.raise_if_failed()
+        with self._lock:
+            self._pending.append(item)
+            full = len(self._pending) >= self._batch
+            if not full and self._timer is None:
+                self._timer = threading.Timer(self._interval, self._flush_in_background)
+                self._timer.daemon = True
+                self._timer.start()
+        if full:
+            self.flush()
+
+    def record_now(self, items: list[dict[str, Any]]) -> None:
+        """Write rows at once (an open multipart upload, an SFT file about to appear)."""
+        self.raise_if_failed()
+        self._ledger.record(self._key, items)
+
+    def flush(self) -> None:
+        """Write every queued row now (raises if a background checkpoint failed)."""
+        self.raise_if_failed()
+        with self._flushing:
+            with self._lock:
+                pending, self._pending = self._pending, []
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            if pending:
+                self._ledger.record(self._key, pending)
+
+    def close(self) -> None:
+        """Stop the timer (queued rows are dropped: call :meth:`flush` first to keep them)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _flush_in_background(self) -> None:
+        with self._lock:
+            self._timer = None
+        try:
+            self.flush()
+        except EgressError as exc:
+            log.warning("could not record progress", reason=exc.reason, detail=exc.detail)
+            self._error = exc
+
+
+def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    row = {name: _deserializer.deserialize(value) for name, value in item.items()}
     return {
         name: (int(value) if isinstance(value, Decimal) and value == value.to_integral_value() else value)
         for name, value in row.items()

@@ -71,6 +71,22 @@ MESSAGE_AGE = Histogram(
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
     registry=REGISTRY,
 )
+OBJECTS_SKIPPED = Counter(
+    "egress_objects_skipped_total",
+    "Objects a resumed delivery did not move again (an earlier attempt recorded them done)",
+    ["pipeline", "recipient", "transfer_type"],
+    registry=REGISTRY,
+)
+TAKEOVERS = Counter(
+    "egress_claims_taken_over_total",
+    "Deliveries taken over from a claim that lapsed (its worker died or was cut off)",
+    registry=REGISTRY,
+)
+REQUEUES = Counter(
+    "egress_requeued_messages_total",
+    "Duplicate messages put back with a delay while another worker held the delivery",
+    registry=REGISTRY,
+)
 HEARTBEATS = Counter("egress_visibility_extensions_total", "Visibility timeout extensions", registry=REGISTRY)
 LAST_POLL = Gauge("egress_last_poll_timestamp_seconds", "When the loop last polled SQS", registry=REGISTRY)
 

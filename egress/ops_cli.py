@@ -13,8 +13,8 @@ from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from egress.errors import translate_client_error
-from egress.ledger import Ledger
+from egress.errors import EgressError, translate_client_error
+from egress.ledger import DELIVERED, DONE, PARKED, RECEIVED, RETRY, SENDING, SENT, UPLOADING, Ledger
 from egress.queue import FlagQueue
 
 if TYPE_CHECKING:
@@ -29,7 +29,10 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     history.add_argument("--prefix", help="only flags whose key starts with this")
     history.add_argument("--pipeline", help="only this pipeline_name")
     history.add_argument("--since", help="ISO time or a duration such as 30m, 6h, 7d")
-    history.add_argument("--status", choices=["delivered", "in_progress", "failed"])
+    history.add_argument("--status", choices=["delivered", "received", "in_progress", "failed"])
+    history.add_argument(
+        "--files", action="store_true", help="each file of each delivery: written, then sent or parked"
+    )
     history.add_argument("--limit", type=int, default=50)
     history.add_argument("--output", choices=["table", "json"], default="table")
     history.set_defaults(handler=_history)
@@ -86,7 +89,8 @@ def _history(args: argparse.Namespace, ctx: CliContext) -> int:
                 continue
             if args.pipeline and row.get("pipeline_name") != args.pipeline:
                 continue
-            if args.status and row.get("status") != args.status:
+            stored = DELIVERED if args.status == RECEIVED else args.status
+            if args.status and row.get("status") != stored:
                 continue
             if (
                 since
@@ -98,7 +102,11 @@ def _history(args: argparse.Namespace, ctx: CliContext) -> int:
         print(f"egress history: {translate_client_error(exc, doing='reading the ledger')}", file=ctx.err)
         return 1
     rows.sort(key=lambda row: str(row.get("started_at", "")), reverse=True)
-    rows = rows[: args.limit]
+    try:
+        rows = _with_receipts(ledger, rows, files=args.files, status=args.status, limit=args.limit)
+    except EgressError as exc:
+        print(f"egress history: {exc}", file=ctx.err)
+        return 1
     if args.output == "json":
         print(json.dumps(rows, default=str, indent=2), file=ctx.out)
         return 0
@@ -115,9 +123,72 @@ def _history(args: argparse.Namespace, ctx: CliContext) -> int:
     print("  ".join(header), file=ctx.out)
     for row in rows:
         print("  ".join(str(row.get(column, "-")) for column in header), file=ctx.out)
+        for file in row.get("files", []):
+            print(f"    {_file_line(file)}", file=ctx.out)
     if not rows:
         print("(no deliveries match)", file=ctx.out)
     return 0
+
+
+def _with_receipts(
+    ledger: Ledger, rows: list[dict[str, Any]], *, files: bool, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Rows with SFT deliveries' derived state (``received`` once the agent sent every file).
+
+    The status filter was applied to the stored state; ``received`` is a delivered SFT
+    row whose files were all sent, so it is decided here.
+    """
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        wanted_received = status == "received"
+        if wanted_received and not (row.get("transfer_type") == "SFT" and row.get("status") == DELIVERED):
+            continue
+        needs_files = files or (row.get("transfer_type") == "SFT" and row.get("status") == DELIVERED)
+        objects = list(ledger.object_rows(str(row["delivery_id"]))) if needs_files else []
+        objects.sort(key=lambda item: str(item.get("name", "")))
+        if row.get("transfer_type") == "SFT" and row.get("status") == DELIVERED:
+            sent = sum(1 for item in objects if item.get("status") == SENT)
+            row["files_sent"] = sent
+            if objects and sent == len(objects):
+                row["status"] = RECEIVED
+        if status == "delivered" and row.get("status") != "delivered":
+            continue
+        if wanted_received and row.get("status") != RECEIVED:
+            continue
+        if files:
+            row["files"] = objects
+        kept.append(row)
+        if len(kept) >= limit:
+            break
+    return kept
+
+
+def _file_line(file: dict[str, Any]) -> str:
+    """One file's story: ``name  size  written <time> → sent <time> (HTTP 201)`` and the like."""
+    parts = [
+        str(file.get("name", "?")),
+        f"{file.get('size', '-')} B",
+        f"written {file.get('written_at', '-')}",
+    ]
+    state = file.get("status")
+    if state == SENT:
+        parts.append(
+            f"→ sent {file.get('sent_at', '-')} (HTTP {file.get('http_status', '-')}, "
+            f"{file.get('bytes_sent', '-')} B)"
+        )
+    elif state == PARKED:
+        parts.append(f"→ parked {file.get('parked_at', '-')} ({file.get('parked_reason', '-')})")
+    elif state == RETRY:
+        parts.append(
+            f"→ failed, will retry ({file.get('last_reason', '-')}; attempts {file.get('attempts', '-')})"
+        )
+    elif state == SENDING:
+        parts.append(f"→ sending since {file.get('sending_at', '-')}")
+    elif state == UPLOADING:
+        parts.append("→ upload open")
+    elif state == DONE:
+        parts.append("→ done")
+    return "  ".join(parts)
 
 
 def _split_uri(uri: str) -> tuple[str, str]:

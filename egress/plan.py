@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from egress.errors import NAME_COLLISION, UNSAFE_KEY, PermanentError
+from egress.names import s3_key_problem, sft_path_problem
 from egress.routing import RouteMatch, folder_problems
 from egress.sources import SourceObject
 
@@ -55,14 +56,39 @@ def relative_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
 
 
 def destination_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
-    """The full destination name: S3 key, or path under the SFT root."""
+    """The full destination name: S3 key, or path under the SFT root.
+
+    Raises ``PermanentError(unsafe_key)`` for a name the destination would refuse: the
+    same check the SFT writer makes (:func:`egress.names.sft_path_problem`), made here for
+    every object before any byte moves.
+    """
     name = relative_name(match, key, event_time=event_time)
-    prefix = match.destination_prefix
     if match.route.transfer_type == "SFT":
         check_relative_key(name)
+    return _under_destination(match, name, source_key=key)
+
+
+def manifest_name(match: RouteMatch) -> str | None:
+    """Where the route's manifest goes: the flag's own folder at the destination (``*`` rows too)."""
+    manifest = match.route.manifest_file_name
+    if not manifest:
+        return None
+    flag_folder = match.delivery_prefix[len(match.resolved_source_prefix) :]
+    return _under_destination(match, flag_folder + manifest, source_key=match.delivery_prefix + manifest)
+
+
+def _under_destination(match: RouteMatch, name: str, *, source_key: str) -> str:
+    prefix = match.destination_prefix
+    if match.route.transfer_type == "SFT":
         folder = prefix.strip("/")
-        return f"{folder}/{name}" if folder else name
-    return prefix + name
+        full = f"{folder}/{name}" if folder else name
+        problem = sft_path_problem(full)
+    else:
+        full = prefix + name
+        problem = s3_key_problem(full)
+    if problem is not None:
+        raise PermanentError(UNSAFE_KEY, f"{source_key!r} would be delivered as {full!r}: {problem}")
+    return full
 
 
 def check_relative_key(relative: str) -> None:

@@ -32,6 +32,7 @@ class Message:
     body: str
     receive_count: int
     sent_timestamp_ms: int | None
+    requeues: int = 0  # times it was put back while another worker held its delivery
 
 
 class ReceiptGone(Exception):  # noqa: N818 - a state, not a failure of ours
@@ -82,6 +83,8 @@ class FlagQueue:
         for raw in response.get("Messages", []):
             attributes = raw.get("Attributes", {})
             sent = attributes.get("SentTimestamp")
+            requeue_attribute = raw.get("MessageAttributes", {}).get("requeues")
+            requeues = str(requeue_attribute.get("StringValue", "0")) if requeue_attribute else "0"
             messages.append(
                 Message(
                     message_id=raw["MessageId"],
@@ -89,6 +92,7 @@ class FlagQueue:
                     body=raw.get("Body", ""),
                     receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
                     sent_timestamp_ms=int(sent) if sent else None,
+                    requeues=int(requeues) if requeues.isdigit() else 0,
                 )
             )
         return messages
@@ -116,6 +120,29 @@ class FlagQueue:
             raise translate_client_error(exc, doing=f"changing visibility of {message.message_id}") from exc
         except BotoCoreError as exc:
             raise translate_client_error(exc, doing=f"changing visibility of {message.message_id}") from exc
+
+    @_aws_retry
+    def requeue(self, message: Message, *, delay_seconds: int) -> None:
+        """Put the message back as a new message visible in ``delay_seconds`` (at most 900), then delete it.
+
+        Unlike a visibility change this resets the receive count, so a message that
+        waits on another worker's delivery never reaches the redrive policy's limit.
+        Send first, delete second: a crash in between leaves a duplicate (the ledger
+        delivers nothing twice), never a loss.
+        """
+        try:
+            self._sqs.send_message(
+                QueueUrl=self.queue_url,
+                MessageBody=message.body,
+                DelaySeconds=max(0, min(900, int(delay_seconds))),
+                MessageAttributes={
+                    "requeued_from": {"DataType": "String", "StringValue": message.message_id},
+                    "requeues": {"DataType": "Number", "StringValue": str(message.requeues + 1)},
+                },
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(exc, doing=f"requeueing {message.message_id}") from exc
+        self.delete(message)
 
     @_aws_retry
     def dead_letter(self, message: Message, *, reason: str, detail: str) -> None:

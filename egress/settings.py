@@ -54,7 +54,7 @@ class WorkerSettings:
     heartbeat_seconds: float = 30.0
     route_cache_seconds: float = 30.0
     ledger_ttl_days: int = 90
-    ledger_lease_seconds: int = 900
+    ledger_lease_seconds: int | None = None  # default: the visibility timeout
     retry_attempts: int = 3
     backoff_base_seconds: int = 30
     backoff_max_seconds: int = 900
@@ -87,6 +87,11 @@ class WorkerSettings:
             problems.append(f"wait_time_seconds must be 0..20, got {self.wait_time_seconds}")
         if self.heartbeat_seconds >= self.visibility_timeout_seconds:
             problems.append("heartbeat_seconds must be shorter than visibility_timeout_seconds")
+        if self.ledger_lease_seconds is not None and self.ledger_lease_seconds < 2 * self.heartbeat_seconds:
+            problems.append(
+                f"EGRESS_LEDGER_LEASE_SECONDS ({self.ledger_lease_seconds}) must be at least twice "
+                f"EGRESS_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}): the heartbeat renews it"
+            )
         if not 0 <= self.metrics_port <= 65535:
             problems.append(f"EGRESS_METRICS_PORT must be a port number, got {self.metrics_port}")
         if "/" in self.flag_name or not self.flag_name:
@@ -96,6 +101,15 @@ class WorkerSettings:
                 problems.append(f"EGRESS_KMS_KEY_ARNS: {arn!r} is not a KMS key ARN")
         if problems:
             raise SettingsError("; ".join(problems))
+
+    @property
+    def ledger_lease(self) -> int:
+        """How long a claim lasts unless renewed: about one visibility timeout (DESIGN §12).
+
+        A dead worker's claim then lapses about when its message reappears, so the next
+        receive resumes the delivery instead of finding it held.
+        """
+        return self.ledger_lease_seconds or self.visibility_timeout_seconds
 
     @property
     def part_size(self) -> int:
@@ -143,6 +157,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "EGRESS_HEARTBEAT_SECONDS": ("heartbeat_seconds", float),
     "EGRESS_ROUTE_CACHE_SECONDS": ("route_cache_seconds", float),
     "EGRESS_LEDGER_TTL_DAYS": ("ledger_ttl_days", int),
+    "EGRESS_LEDGER_LEASE_SECONDS": ("ledger_lease_seconds", int),
     "EGRESS_RETRY_ATTEMPTS": ("retry_attempts", int),
     "EGRESS_BACKOFF_BASE_SECONDS": ("backoff_base_seconds", int),
     "EGRESS_BACKOFF_MAX_SECONDS": ("backoff_max_seconds", int),

@@ -31,13 +31,14 @@ from egress import metrics
 from egress.delivery import ByteBudget, RouteDelivery
 from egress.errors import (
     INVALID_ROUTE,
+    LEASE_LOST,
     MALFORMED_BODY,
     EgressError,
     PermanentError,
     RetryableError,
     StopRequested,
 )
-from egress.ledger import DeliveryKey, Ledger
+from egress.ledger import DeliveryKey, LeaseHeld, Ledger
 from egress.messages import FlagEvent, Ignored, MalformedMessage, parse_body
 from egress.queue import FlagQueue, Message, ReceiptGone
 from egress.routing import RouteTable
@@ -57,6 +58,9 @@ class _InFlight:
     future: Future[None] | None = None
     leases: list[DeliveryKey] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set to abort this message's work: the worker aborts everything, or its lease was lost.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease_lost: bool = False
 
 
 class Worker:
@@ -97,6 +101,8 @@ class Worker:
         self._last_loop = 0.0
         self._started = False
         self._deadline_timer: threading.Timer | None = None
+        self._signals: list[int] = []
+        self._stopped = threading.Event()
 
     # -- probes -------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -112,11 +118,30 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if not self.stop_requested.is_set():
-            self.request_stop(reason=signal.Signals(signum).name)
-        else:
-            log.warning("second signal: aborting in-flight work", signal=signal.Signals(signum).name)
-            self.cancel.set()
+        # Only record it: logging (structlog's logger holds a lock), starting a timer or
+        # setting an Event here could deadlock on a lock the interrupted thread holds.
+        # The signal watcher below acts on it.
+        self._signals.append(signum)
+
+    def _watch_signals(self) -> None:
+        """Act on recorded signals: the first stops receiving, the second aborts."""
+        handled = 0
+        while not self._stopped.wait(0.1):
+            while handled < len(self._signals):
+                name = signal.Signals(self._signals[handled]).name
+                if handled == 0:
+                    self.request_stop(reason=name)
+                else:
+                    log.warning("second signal: aborting in-flight work", signal=name)
+                    self._abort_all()
+                handled += 1
+
+    def _abort_all(self) -> None:
+        self.cancel.set()
+        with self._inflight_lock:
+            entries = list(self._inflight.values())
+        for entry in entries:
+            entry.cancel.set()
 
     def request_stop(self, *, reason: str) -> None:
         """First stage: stop receiving; abort what is left when the grace period ends."""
@@ -134,18 +159,21 @@ class Worker:
     def _grace_over(self) -> None:
         if self._inflight:
             log.warning("grace period over: releasing unfinished work", in_flight=len(self._inflight))
-        self.cancel.set()
+        self._abort_all()
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         """Poll until stopped; returns the process exit code (0 after a clean shutdown)."""
-        swept = self._sft.sweep_temp_files(older_than=float(self.settings.ledger_lease_seconds))
+        self._sft.owners.hold()
+        swept = self._sft.sweep_temp_files(legacy_older_than=float(self.settings.ledger_lease))
         if swept:
-            log.info("removed leftover temp files", count=swept)
+            log.info("removed temp files of writers that are gone", count=swept)
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
         self._started = True
         self._last_loop = time.monotonic()
         heartbeat.start()
+        watcher.start()
         log.info(
             "worker started",
             queue=self.settings.queue_url,
@@ -185,6 +213,8 @@ class Worker:
             self._objects_pool.shutdown(wait=True)
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
+            self._stopped.set()
+            self._sft.owners.release()
             log.info("worker stopped")
         return 0
 
@@ -198,6 +228,8 @@ class Worker:
 
     def _dispatch(self, message: Message) -> None:
         entry = _InFlight(message=message)
+        if self.cancel.is_set():
+            entry.cancel.set()
         with self._inflight_lock:
             self._inflight[message.message_id] = entry
         metrics.IN_FLIGHT.inc()
@@ -251,6 +283,9 @@ class Worker:
             try:
                 delivered += self._deliver_event(entry, event, permanent=permanent, retryable=retryable)
             except StopRequested:
+                if entry.lease_lost:
+                    retryable.append(RetryableError(LEASE_LOST, "another worker took the delivery over"))
+                    continue
                 self._release(message, why="shutdown")
                 return
             except RetryableError as exc:
@@ -259,6 +294,11 @@ class Worker:
                 permanent.append(exc)
         if self.cancel.is_set() and (retryable or permanent):
             self._release(message, why="shutdown")
+        elif retryable and all(isinstance(exc, LeaseHeld) for exc in retryable):
+            # Another live worker delivers it: put the message back behind a delay, as a
+            # new message, so this duplicate never walks its receive count into the DLQ.
+            wait = max(exc.retry_after for exc in retryable if isinstance(exc, LeaseHeld))
+            self._requeue(message, delay=wait)
         elif retryable:
             first = retryable[0]
             self._retry_later(message, reason=first.reason, detail=first.detail)
@@ -303,7 +343,7 @@ class Worker:
 
             try:
                 result = self._delivery.deliver(
-                    event, match, upload_id=upload_id, cancel=self.cancel, on_lease=on_lease
+                    event, match, upload_id=upload_id, cancel=entry.cancel, on_lease=on_lease
                 )
                 delivered += 0 if result.skipped else 1
             except RetryableError as exc:
@@ -314,6 +354,9 @@ class Worker:
                 log.error("route failed permanently", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="permanent", reason=exc.reason).inc()
                 permanent.append(exc)
+            finally:
+                with entry.lock:
+                    entry.leases.clear()  # the delivery ended: nothing left to renew
         structlog.contextvars.unbind_contextvars("pipeline", "recipient")
         return delivered
 
@@ -355,6 +398,21 @@ class Worker:
             log.warning("could not set the retry delay", error=str(exc)[:200])
         metrics.MESSAGES.labels(outcome="retry").inc()
 
+    def _requeue(self, message: Message, *, delay: float) -> None:
+        """Look again after the holder's lease would lapse, or sooner: it may finish any moment."""
+        backoff = self.settings.backoff_base_seconds * 2 ** min(message.requeues, 10)
+        seconds = int(min(900.0, delay + 1, backoff) * (0.8 + 0.4 * random.random()))  # noqa: S311 - jitter
+        seconds = max(1, seconds)
+        try:
+            self._queue.requeue(message, delay_seconds=seconds)
+        except (ReceiptGone, EgressError) as exc:
+            log.warning("could not requeue; retrying later instead", error=str(exc)[:200])
+            self._retry_later(message, reason="in_progress_elsewhere", detail=str(exc)[:200])
+            return
+        log.info("held by another worker: message requeued", visible_in_seconds=seconds)
+        metrics.REQUEUES.inc()
+        metrics.MESSAGES.labels(outcome="requeued").inc()
+
     def _release(self, message: Message, *, why: str) -> None:
         try:
             self._queue.set_visibility(message, 0)
@@ -365,10 +423,31 @@ class Worker:
 
     # -- heartbeat ----------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        while not self.cancel.wait(self.settings.heartbeat_seconds):
+        """Renew each in-flight message's leases, then its visibility: a claim never outlives its message."""
+        while not self._stopped.wait(self.settings.heartbeat_seconds):
             with self._inflight_lock:
                 entries = list(self._inflight.values())
             for entry in entries:
+                if entry.cancel.is_set():
+                    continue  # being aborted or released: extending it would undo the release
+                with entry.lock:
+                    leases = list(entry.leases)
+                for key in leases:
+                    try:
+                        self._ledger.renew(key)
+                    except RetryableError as exc:
+                        if exc.reason == LEASE_LOST:
+                            log.warning(
+                                "lease lost: another worker took the delivery over",
+                                message_id=entry.message.message_id,
+                                pipeline=key.pipeline_name,
+                            )
+                            entry.lease_lost = True
+                            entry.cancel.set()
+                        else:
+                            log.warning("lease not renewed", reason=exc.reason)
+                    except EgressError as exc:
+                        log.warning("lease not renewed", reason=exc.reason)
                 try:
                     self._queue.set_visibility(entry.message, self.settings.visibility_timeout_seconds)
                     metrics.HEARTBEATS.inc()
@@ -376,15 +455,6 @@ class Worker:
                     log.warning("message receipt no longer valid", message_id=entry.message.message_id)
                 except EgressError as exc:
                     log.warning("heartbeat failed", message_id=entry.message.message_id, reason=exc.reason)
-                with entry.lock:
-                    leases = list(entry.leases)
-                for key in leases:
-                    try:
-                        self._ledger.renew(key)
-                    except EgressError as exc:
-                        log.debug("lease not renewed", reason=exc.reason)
-            if self.stop_requested.is_set() and not entries:
-                return
 
 
 def worker_id() -> str:
@@ -411,7 +481,7 @@ def run_worker(settings: WorkerSettings) -> int:
             aws.dynamodb,
             settings.ledger_table,
             owner=worker_id(),
-            lease_seconds=settings.ledger_lease_seconds,
+            lease_seconds=settings.ledger_lease,
             ttl_days=settings.ledger_ttl_days,
         ),
         decryptor=Decryptor(

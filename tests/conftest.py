@@ -48,6 +48,9 @@ def moto_endpoint() -> Iterator[str]:
 
     from moto.server import ThreadedMotoServer
 
+    from egress.emulator import make_moto_dynamodb_writes_atomic
+
+    make_moto_dynamodb_writes_atomic()
     # werkzeug logs every request; the tests' output should show failures, not traffic
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()

@@ -236,19 +236,32 @@ class S3Destination:
 
     # -- streamed uploads --------------------------------------------------------------
     def upload(
-        self, target: S3Target, chunks: Iterable[bytes], *, cancel: threading.Event | None = None
+        self,
+        target: S3Target,
+        chunks: Iterable[bytes],
+        *,
+        cancel: threading.Event | None = None,
+        on_upload_started: Callable[[str], None] | None = None,
     ) -> Delivered:
         """Upload a chunk stream to ``target``; visible only once the stream ended without error.
 
-        Raises whatever the stream raises, :class:`StopRequested` when ``cancel`` is set,
-        or a translated :class:`RetryableError`/:class:`PermanentError`; in every case no
-        object and no incomplete multipart upload is left behind.
+        ``on_upload_started(upload_id)`` runs as soon as a multipart upload exists (the
+        ledger records it there, so a worker taking over a dead one's delivery can abort
+        it); if it raises, the upload is aborted. Raises whatever the stream raises,
+        :class:`StopRequested` when ``cancel`` is set, or a translated
+        :class:`RetryableError`/:class:`PermanentError`; in every case no object and no
+        incomplete multipart upload is left behind.
         """
-        return _StreamedUpload(self, target, cancel=cancel).run(chunks)
+        return _StreamedUpload(self, target, cancel=cancel, on_upload_started=on_upload_started).run(chunks)
 
     # -- server-side copies ------------------------------------------------------------
     def copy(
-        self, source: SourceObject, target: S3Target, *, cancel: threading.Event | None = None
+        self,
+        source: SourceObject,
+        target: S3Target,
+        *,
+        cancel: threading.Event | None = None,
+        on_upload_started: Callable[[str], None] | None = None,
     ) -> Delivered:
         """Copy ``source`` to ``target`` inside S3; no object bytes pass through the worker.
 
@@ -259,7 +272,7 @@ class S3Destination:
         raise_if_cancelled(cancel)
         if source.size <= self.config.copy_threshold or source.size == 0:
             return self._copy_object(source, target)
-        return _MultipartCopy(self, source, target, cancel=cancel).run()
+        return _MultipartCopy(self, source, target, cancel=cancel, on_upload_started=on_upload_started).run()
 
     def _copy_object(self, source: SourceObject, target: S3Target) -> Delivered:
         arguments = target.request_arguments()
@@ -482,13 +495,19 @@ class _StreamedUpload:
     """One streamed upload: PutObject for a short stream, a bounded multipart upload otherwise."""
 
     def __init__(
-        self, destination: S3Destination, target: S3Target, *, cancel: threading.Event | None
+        self,
+        destination: S3Destination,
+        target: S3Target,
+        *,
+        cancel: threading.Event | None,
+        on_upload_started: Callable[[str], None] | None = None,
     ) -> None:
         self._destination = destination
         self._config = destination.config
         self._s3 = destination.s3
         self._target = target
         self._cancel = cancel
+        self._on_upload_started = on_upload_started
         self._whole = hashlib.sha256()
         self._size = 0
         # The part being filled: views into the chunks received, joined once when full.
@@ -574,6 +593,8 @@ class _StreamedUpload:
             cancel=self._cancel,
             name="s3-part",
         )
+        if self._on_upload_started is not None:
+            self._on_upload_started(self._upload.upload_id)
 
     def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
         """Runs in a part thread: one UploadPart, retried on its own."""
@@ -675,10 +696,12 @@ class _MultipartCopy:
         target: S3Target,
         *,
         cancel: threading.Event | None,
+        on_upload_started: Callable[[str], None] | None = None,
     ) -> None:
         self._destination = destination
         self._config = destination.config
         self._s3 = destination.s3
+        self._on_upload_started = on_upload_started
         self._source = source
         self._target = target
         self._cancel = cancel
@@ -706,6 +729,8 @@ class _MultipartCopy:
             name="s3-copy-part",
         )
         try:
+            if self._on_upload_started is not None:
+                self._on_upload_started(upload.upload_id)
             part_size = _copy_part_size(size, self._config.copy_part_size)
             for number, first in enumerate(range(0, size, part_size), start=1):
                 last = min(first + part_size, size) - 1

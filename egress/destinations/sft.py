@@ -1,12 +1,19 @@
 """The SFT destination: files in folders of the volume shared with the SFT agent.
 
 A file is streamed into a hidden temporary name in its destination folder
-(``.<name>.<random>.part``, created with ``O_EXCL``), hashed while written, fsync'd,
-then renamed over its final name, and the folder is fsync'd so the rename survives a
-crash. The agent skips hidden and temporary names, so it never sees a partial file, and
-nothing becomes visible before the chunk stream is exhausted without error. On any
-failure — ``BaseException`` included — the temp file is removed; leftovers of a crashed
-worker are swept at start-up (:meth:`SftDestination.sweep_temp_files`).
+(``.<name>.<owner>-<random>.part``, created with ``O_EXCL``), hashed while written,
+fsync'd, then renamed over its final name, and the folder is fsync'd so the rename
+survives a crash. The agent skips hidden and temporary names, so it never sees a partial
+file, and nothing becomes visible before the chunk stream is exhausted without error.
+Between the fsync and the rename a ``before_commit`` callback runs (the ledger records
+the file there, so the agent can only ever see a file whose record exists). On any
+failure — ``BaseException`` included — the temp file is removed.
+
+``<owner>`` names the writing process, which holds a lock file under
+``<root>/.egress/owners/`` for its whole life (:class:`OwnerRegistry`). Temp files of a
+crashed writer are swept (:meth:`SftDestination.sweep_temp_files`) only once its lock
+can be taken, so several tasks sharing one file system (EFS) never remove each other's
+files in progress.
 
 Every path is confined to the volume root: ``..``, absolute paths, empty segments,
 control characters, backslashes, hidden names, names the agent treats as temporary, and
@@ -15,7 +22,9 @@ anything a symlink would lead out of the root are refused as ``unsafe_key``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -23,8 +32,7 @@ import secrets
 import stat
 import threading
 import time
-import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,21 +49,19 @@ from egress.errors import (
     PermanentError,
     RetryableError,
 )
+from egress.names import AGENT_SKIPPED_SUFFIXES, NAME_MAX, sft_path_problem
 
-__all__ = ["AGENT_SKIPPED_SUFFIXES", "SftDestination"]
+__all__ = ["AGENT_SKIPPED_SUFFIXES", "OwnerRegistry", "SftDestination"]
 
 log = structlog.get_logger("egress.destinations.sft")
 
 MIB = 1024 * 1024
-NAME_MAX = 255  # bytes per path segment (ext4, xfs, EFS)
-PATH_MAX = 4096
 FOLDER_MODE = 0o750
 FILE_MODE = 0o640
-# Suffixes the SFT agent treats as unfinished files and never sends (the same list as
-# sft_agent.files.TEMP_SUFFIXES; a test keeps the two equal). A delivered file with one
-# of them would sit on the volume forever, so such names are refused up front.
-AGENT_SKIPPED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", "~")
 _TEMP_NAME = re.compile(r"^\..+\.part$", re.DOTALL)
+# ".<name>.<owner>-<token>.part": the owner is the writing process (see OwnerRegistry).
+_OWNED_TEMP_NAME = re.compile(r"^\..+\.([0-9a-f]{8})-[0-9a-f]{12}\.part$", re.DOTALL)
+OWNERS_FOLDER = ".egress/owners"
 _TOKEN_BYTES = 6  # 12 hex characters: collisions between concurrent writers are negligible
 
 
@@ -67,12 +73,20 @@ class SftDestination:
     crash could then leave a renamed but incomplete file).
     """
 
-    def __init__(self, root: Path, *, free_space_margin_bytes: int = 64 * MIB, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        free_space_margin_bytes: int = 64 * MIB,
+        fsync: bool = True,
+        owners: OwnerRegistry | None = None,
+    ) -> None:
         if free_space_margin_bytes < 0:
             raise ValueError(f"free_space_margin_bytes must be >= 0, got {free_space_margin_bytes}")
         self.root = Path(root)
         self.free_space_margin_bytes = free_space_margin_bytes
         self.fsync = fsync
+        self.owners = owners or OwnerRegistry(self.root)
 
     # -- confinement -------------------------------------------------------------------
     def resolve(self, relative: str) -> Path:
@@ -84,7 +98,7 @@ class SftDestination:
         agent treats as temporary (``.part`` and the like), and any path whose real path
         — following the symlinks that exist now — leaves the root.
         """
-        problem = _problem(relative)
+        problem = sft_path_problem(relative)
         if problem is not None:
             raise PermanentError(UNSAFE_KEY, f"{relative!r}: {problem}")
         path = self.root / relative
@@ -124,10 +138,13 @@ class SftDestination:
         *,
         expected_size: int | None = None,
         cancel: threading.Event | None = None,
+        before_commit: Callable[[str, int, str], None] | None = None,
     ) -> Delivered:
         """Stream ``chunks`` into ``relative``; the file appears only once complete and synced.
 
-        With ``expected_size`` the free space is checked first. Raises whatever the stream
+        ``before_commit(temp_name, size, sha256_hex)`` runs after the fsync and before the
+        rename; if it raises, nothing becomes visible. With ``expected_size`` the free
+        space is checked first. Raises whatever the stream
         raises, :class:`~egress.errors.StopRequested` when ``cancel`` is set, or a
         translated file-system error (no space → retryable ``disk_short``, permission →
         ``access_denied``, a folder in the way → ``name_collision``); the temp file is
@@ -142,7 +159,7 @@ class SftDestination:
             self._make_folders(folder)
         # The folders exist now: check again that none of them is a link out of the root.
         self.resolve(relative)
-        temp = folder / _temp_name(final.name)
+        temp = folder / _temp_name(final.name, owner=self.owners.owner)
         sha = hashlib.sha256()
         size = 0
         with _translated(f"creating a temp file for {relative!r}"):
@@ -161,6 +178,8 @@ class SftDestination:
                         os.fsync(fd)
             finally:
                 os.close(fd)
+            if before_commit is not None:
+                before_commit(temp.name, size, sha.hexdigest())
             with _translated(f"renaming {temp.name!r} to {relative!r}"):
                 os.replace(temp, final)
         except BaseException:
@@ -171,38 +190,82 @@ class SftDestination:
             self._sync_folder(folder)
         return Delivered(name=relative, size=size, sha256=sha.hexdigest())
 
-    def write_bytes(self, relative: str, data: bytes) -> Delivered:
+    def write_bytes(
+        self, relative: str, data: bytes, *, before_commit: Callable[[str, int, str], None] | None = None
+    ) -> Delivered:
         """Write a small file (a manifest) the same atomic way as :meth:`write`."""
-        return self.write(relative, iter([data]), expected_size=len(data))
+        return self.write(relative, iter([data]), expected_size=len(data), before_commit=before_commit)
+
+    def commit_temp(self, relative: str, temp_name: str) -> bool:
+        """Finish a write a crashed claim recorded but did not rename: True if ``temp_name`` was there.
+
+        Only a temp file of ``relative``'s own folder, named as this module names them,
+        is renamed.
+        """
+        final = self.resolve(relative)
+        if "/" in temp_name or not _TEMP_NAME.match(temp_name):
+            return False
+        temp = final.parent / temp_name
+        try:
+            os.rename(temp, final)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("could not finish a recorded write", path=relative, error=str(exc))
+            return False
+        if self.fsync:
+            self._sync_folder(final.parent)
+        return True
+
+    def exists(self, relative: str) -> bool:
+        """True if ``relative`` is a regular file now."""
+        try:
+            return stat.S_ISREG(self.resolve(relative).lstat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     # -- start-up ----------------------------------------------------------------------
-    def sweep_temp_files(self, older_than: float | None = None) -> int:
-        """Remove leftover ``.*.part`` files under the root (a crashed writer's); return how many.
+    def sweep_temp_files(self, folder: str = "", *, legacy_older_than: float = 3600.0) -> int:
+        """Remove temp files of writers that are gone, under ``folder`` (default: the root).
 
-        With ``older_than`` (seconds) only files not modified for that long go, so a
-        writer still running elsewhere keeps its file. Hidden folders (the agent's
-        working folders) are not entered and symlinks are never followed.
+        A temp file named by a writer process (``.<name>.<owner>-<token>.part``) goes once
+        that owner's lock can be taken: the process is dead, whichever task it ran in.
+        Other temp names (older versions) go once not modified for ``legacy_older_than``
+        seconds. Hidden folders (the agent's working folders) are not entered and symlinks
+        are never followed. Returns how many files were removed.
         """
-        if not self.root.is_dir():
+        top = self.root / folder if folder else self.root
+        if not top.is_dir():
             return 0
         removed = 0
         now = time.time()
-        for folder, folders, files in os.walk(self.root, followlinks=False):
+        gone: dict[str, bool] = {}
+        for current, folders, files in os.walk(top, followlinks=False):
             folders[:] = [name for name in folders if not name.startswith(".")]
             for name in files:
                 if not _TEMP_NAME.match(name):
                     continue
-                path = Path(folder, name)
+                path = Path(current, name)
+                owned = _OWNED_TEMP_NAME.match(name)
                 try:
                     info = path.lstat()
                     if not stat.S_ISREG(info.st_mode):
                         continue
-                    if older_than is not None and now - info.st_mtime < older_than:
+                    if owned:
+                        owner = owned.group(1)
+                        if owner not in gone:
+                            gone[owner] = self.owners.is_gone(owner)
+                        if not gone[owner]:
+                            continue
+                    elif now - info.st_mtime < legacy_older_than:
                         continue
                     path.unlink()
                     removed += 1
                 except FileNotFoundError:
                     continue  # removed meanwhile (its writer finished or failed)
+        for owner, is_gone in gone.items():
+            if is_gone:
+                self.owners.forget(owner)
         return removed
 
     # -- helpers -----------------------------------------------------------------------
@@ -243,46 +306,71 @@ class SftDestination:
             log.warning("could not fsync folder after rename", folder=str(folder), error=str(exc))
 
 
-def _problem(relative: str) -> str | None:
-    """Why ``relative`` may not be written, or ``None``."""
-    if not relative:
-        return "empty path"
-    if relative.startswith("/"):
-        return "absolute path"
-    if "\\" in relative:
-        return "backslash in path"
-    if "\x00" in relative:
-        return "NUL character in path"
-    if any(unicodedata.category(char) == "Cc" for char in relative):
-        return "control character in path"
-    try:
-        encoded = relative.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not valid Unicode (lone surrogate)"
-    if len(encoded) > PATH_MAX - 256:
-        return "path too long"
-    segments = relative.split("/")
-    if any(segment == "" for segment in segments):
-        return "empty path segment ('//' or a trailing '/')"
-    if any(segment in {".", ".."} for segment in segments):
-        return "'.' or '..' segment"
-    if any(segment.startswith(".") for segment in segments):
-        return "hidden name (the SFT agent skips names starting with '.')"
-    if any(segment.endswith(AGENT_SKIPPED_SUFFIXES) for segment in segments):
-        return (
-            f"name ends in one of {' '.join(AGENT_SKIPPED_SUFFIXES)} (the SFT agent treats it as unfinished)"
-        )
-    if any(len(segment.encode("utf-8")) > NAME_MAX for segment in segments):
-        return f"a path segment longer than {NAME_MAX} bytes"
-    return None
-
-
-def _temp_name(name: str) -> str:
-    """``.<name>.<random>.part``, with ``name`` shortened so the whole stays within 255 bytes."""
-    token = secrets.token_hex(_TOKEN_BYTES)
+def _temp_name(name: str, *, owner: str) -> str:
+    """``.<name>.<owner>-<random>.part``, ``name`` shortened so the whole stays within 255 bytes."""
+    token = f"{owner}-{secrets.token_hex(_TOKEN_BYTES)}"
     room = NAME_MAX - len(f"..{token}.part")
     stem = name.encode("utf-8")[:room].decode("utf-8", errors="ignore")
     return f".{stem}.{token}.part"
+
+
+class OwnerRegistry:
+    """Which writer processes are alive: each holds an flock on its own lock file for life.
+
+    ``<root>/.egress/owners/<owner>.lock``: the lock goes with the process (on NFS, EFS
+    included, when the client's lease lapses), so a lock that can be taken names a writer
+    that is gone. The folder is hidden: the agent never looks into it.
+    """
+
+    def __init__(self, root: Path, *, owner: str | None = None) -> None:
+        self.root = Path(root)
+        self.owner = owner or secrets.token_hex(4)
+        self.folder = self.root / OWNERS_FOLDER
+        self._fd: int | None = None
+
+    def hold(self) -> None:
+        """Create and lock this process's lock file (idempotent)."""
+        if self._fd is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / f"{self.owner}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlock and remove this process's lock file."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            (self.folder / f"{self.owner}.lock").unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def is_gone(self, owner: str) -> bool:
+        """True if ``owner``'s lock file is missing or can be locked (its process is gone)."""
+        if owner == self.owner:
+            return False
+        try:
+            fd = os.open(self.folder / f"{owner}.lock", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: the owner is alive
+        finally:
+            os.close(fd)  # closing releases a lock we took
+        return True
+
+    def forget(self, owner: str) -> None:
+        """Remove the lock file of an owner that is gone."""
+        if owner != self.owner:
+            with contextlib.suppress(OSError):
+                (self.folder / f"{owner}.lock").unlink()
 
 
 def _write_all(fd: int, chunk: bytes) -> None:

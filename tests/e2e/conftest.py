@@ -90,7 +90,16 @@ class Stack:
         ]
 
     def ledger_rows(self) -> list[dict[str, Any]]:
-        return self.aws.dynamodb.scan(TableName=self.ledger_table)["Items"]
+        """The deliveries (route rows) in the ledger."""
+        return [item for item in self._ledger_items() if item["record"]["S"] == "route"]
+
+    def object_rows(self) -> list[dict[str, Any]]:
+        """The per-object progress rows in the ledger."""
+        return [item for item in self._ledger_items() if item["record"]["S"].startswith("obj#")]
+
+    def _ledger_items(self) -> list[dict[str, Any]]:
+        paginator = self.aws.dynamodb.get_paginator("scan")
+        return [item for page in paginator.paginate(TableName=self.ledger_table) for item in page["Items"]]
 
 
 def make_stack(

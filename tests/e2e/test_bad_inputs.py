@@ -230,8 +230,9 @@ def test_corpus_of_bad_messages_and_routes(stack: Stack, start_worker: Callable[
     assert stack.destination_keys() == ["out/m.txt"]
     uploads = stack.aws.s3.list_multipart_uploads(Bucket=dst).get("Uploads", [])
     assert uploads == []
+    # Only the running worker's own lock file (which says it is alive) is on the volume.
     leftovers = [p for p in stack.sft_root.rglob("*") if p.is_file()]
-    assert leftovers == []
+    assert [p.relative_to(stack.sft_root).parent.as_posix() for p in leftovers] == [".egress/owners"]
     assert not list(stack.sft_root.parent.rglob("escaped.txt"))
     assert stack.queue_counts() == (0, 0)
     assert worker.stop() == 0

@@ -90,16 +90,29 @@ def test_wildcard_row_keeps_subfolders_and_writes_manifest_last(
     stack.upload("landing/run-1/a/part-0", b"one")
     stack.upload("landing/run-1/b/part-0", b"two")
     stack.upload("landing/run-1/" + FLAG)
-    delivered_messages(worker)
+    stack.upload("landing/run-2/part-0", b"three")
+    stack.upload("landing/run-2/" + FLAG)
+    delivered_messages(worker, count=2)
     keys = sorted(stack.destination_keys())
-    assert keys == ["out/manifest.json", "out/run-1/a/part-0", "out/run-1/b/part-0"]
+    # Each flag's manifest goes to that flag's own folder: two folders' manifests never collide.
+    assert keys == [
+        "out/run-1/a/part-0",
+        "out/run-1/b/part-0",
+        "out/run-1/manifest.json",
+        "out/run-2/manifest.json",
+        "out/run-2/part-0",
+    ]
     manifest = json.loads(
-        stack.aws.s3.get_object(Bucket=stack.destination_bucket, Key="out/manifest.json")["Body"].read()
+        stack.aws.s3.get_object(Bucket=stack.destination_bucket, Key="out/run-1/manifest.json")["Body"].read()
     )
     assert [(entry["name"], entry["size"], entry["source_key"]) for entry in manifest["objects"]] == [
         ("run-1/a/part-0", 3, "landing/run-1/a/part-0"),
         ("run-1/b/part-0", 3, "landing/run-1/b/part-0"),
     ]
+    second = json.loads(
+        stack.aws.s3.get_object(Bucket=stack.destination_bucket, Key="out/run-2/manifest.json")["Body"].read()
+    )
+    assert [entry["name"] for entry in second["objects"]] == ["run-2/part-0"]
     assert worker.stop() == 0
 
 

@@ -40,7 +40,7 @@ def test_history_lists_and_filters_ledger_rows(
     ledger = Ledger(aws.dynamodb, table, owner="test")
     for pipeline, prefix in (("OpsMI", "exports/opsmi/"), ("Fin", "exports/fin/")):
         key = DeliveryKey("src", prefix + "pipeline_success.flag", "seq:1", prefix, pipeline)
-        assert ledger.begin(key, recipient="team", transfer_type="S3") is Claim.ACQUIRED
+        assert ledger.begin(key, recipient="team", transfer_type="S3").claim is Claim.ACQUIRED
         ledger.finish(key, objects=3, size=42)
     code, out, _ = run(capsys, moto_endpoint, "--ledger-table", table, "history", "--output", "json")
     assert code == 0

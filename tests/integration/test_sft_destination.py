@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from egress.destinations import Delivered
 from egress.destinations import sft as sft_module
-from egress.destinations.sft import AGENT_SKIPPED_SUFFIXES, SftDestination
+from egress.destinations.sft import AGENT_SKIPPED_SUFFIXES, OwnerRegistry, SftDestination
 from egress.errors import (
     DISK_SHORT,
     NAME_COLLISION,
@@ -339,7 +339,7 @@ def test_any_relative_path_is_refused_or_strictly_inside_the_root(
 
 
 # -- sweeping leftovers -----------------------------------------------------------------------
-def test_sweep_removes_leftover_temp_files_by_age(root: Path) -> None:
+def test_sweep_removes_leftover_temp_files_without_an_owner_by_age(root: Path) -> None:
     (root / "w" / "deep").mkdir(parents=True)
     old = root / "w" / ".a.csv.0123456789ab.part"
     new = root / "w" / "deep" / ".b.csv.0123456789ab.part"
@@ -349,11 +349,73 @@ def test_sweep_removes_leftover_temp_files_by_age(root: Path) -> None:
     long_ago = time.time() - 3600
     os.utime(old, (long_ago, long_ago))
     destination = SftDestination(root)
-    assert destination.sweep_temp_files(older_than=600) == 1
+    assert destination.sweep_temp_files(legacy_older_than=600) == 1
     assert not old.exists() and new.exists()
-    assert destination.sweep_temp_files() == 1
+    assert destination.sweep_temp_files(legacy_older_than=0) == 1
     assert not new.exists()
     assert all(path.exists() for path in kept)
+
+
+def test_sweep_removes_temp_files_of_dead_writers_only(root: Path) -> None:
+    """Several tasks share the volume (EFS): a live writer's temp file is never swept, however old."""
+    alive = OwnerRegistry(root, owner="a1a1a1a1")
+    dead = OwnerRegistry(root, owner="d0d0d0d0")
+    alive.hold()
+    dead.hold()
+    writing = SftDestination(root, owners=alive)
+    live_temp = root / "w" / ".x.csv.a1a1a1a1-0123456789ab.part"
+    dead_temp = root / "w" / ".y.csv.d0d0d0d0-0123456789ab.part"
+    orphan_temp = root / "w" / ".z.csv.e0e0e0e0-0123456789ab.part"  # no lock file at all
+    live_temp.parent.mkdir(parents=True)
+    for path in (live_temp, dead_temp, orphan_temp):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 86400, time.time() - 86400))
+    sweeper = SftDestination(root, owners=OwnerRegistry(root, owner="b2b2b2b2"))
+    assert sweeper.sweep_temp_files() == 1  # only the writer without a lock file is gone
+    assert live_temp.exists() and dead_temp.exists() and not orphan_temp.exists()
+    assert dead._fd is not None
+    os.close(dead._fd)  # the process dies: its flock goes with it, the lock file stays
+    dead._fd = None
+    assert sweeper.sweep_temp_files() == 1
+    assert live_temp.exists() and not dead_temp.exists()
+    assert not (root / ".egress" / "owners" / "d0d0d0d0.lock").exists()
+    assert writing.owners.is_gone("a1a1a1a1") is False
+    alive.release()
+    assert sweeper.sweep_temp_files() == 1
+    assert not live_temp.exists()
+
+
+def test_temp_names_carry_the_writers_owner_and_the_record_runs_before_the_rename(root: Path) -> None:
+    owners = OwnerRegistry(root, owner="c3c3c3c3")
+    seen: list[tuple[str, int, str, bool]] = []
+
+    def before_commit(temp_name: str, size: int, sha256: str) -> None:
+        seen.append((temp_name, size, sha256, (root / "w" / "a.csv").exists()))
+
+    delivered = SftDestination(root, owners=owners).write("w/a.csv", iter([b"abc"]), before_commit=before_commit)
+    [(temp_name, size, sha256, visible)] = seen
+    assert temp_name.startswith(".a.csv.c3c3c3c3-") and temp_name.endswith(".part")
+    assert (size, sha256, visible) == (3, delivered.sha256, False)
+    assert (root / "w" / "a.csv").read_bytes() == b"abc"
+
+
+def test_a_failed_record_before_the_rename_leaves_nothing_visible(root: Path) -> None:
+    def refuse(temp_name: str, size: int, sha256: str) -> None:
+        raise RuntimeError("ledger down")
+
+    with pytest.raises(RuntimeError):
+        SftDestination(root).write("w/a.csv", iter([b"abc"]), before_commit=refuse)
+    assert files_under(root) == []
+
+
+def test_commit_temp_finishes_a_recorded_write(root: Path) -> None:
+    destination = SftDestination(root)
+    (root / "w").mkdir()
+    (root / "w" / ".a.csv.c3c3c3c3-0123456789ab.part").write_bytes(b"done")
+    assert destination.commit_temp("w/a.csv", ".a.csv.c3c3c3c3-0123456789ab.part") is True
+    assert (root / "w" / "a.csv").read_bytes() == b"done"
+    assert destination.commit_temp("w/a.csv", ".a.csv.c3c3c3c3-0123456789ab.part") is False
+    assert destination.commit_temp("w/b.csv", "../../etc/passwd") is False
 
 
 def test_sweep_leaves_the_agents_hidden_folders_and_symlinks_alone(root: Path, tmp_path: Path) -> None:
@@ -376,7 +438,7 @@ def test_sweep_after_a_crash_mid_write(root: Path) -> None:
 
     with pytest.raises(SystemExit):
         SftDestination(root).write("w/a.csv", crashing())
-    (root / "w" / ".a.csv.deadbeef0000.part").write_bytes(b"left by a killed worker")
+    (root / "w" / ".a.csv.deadbeef-0123456789ab.part").write_bytes(b"left by a killed worker")
     assert SftDestination(root).sweep_temp_files() == 1
     assert files_under(root) == []
 
