@@ -76,7 +76,7 @@ locals {
     {
       type = "metric", x = 12, y = 12, width = 12, height = 6
       properties = {
-        title  = "Ephemeral storage of the shared volume (GiB)"
+        title  = "Task ephemeral storage: /tmp (GiB)"
         region = local.region
         stat   = "Maximum"
         period = 60
@@ -87,7 +87,57 @@ locals {
       }
     },
     {
-      type = "log", x = 0, y = 18, width = 24, height = 6
+      type = "metric", x = 0, y = 18, width = 8, height = 6
+      properties = {
+        title  = "Agent: files waiting (worst route)"
+        region = local.region
+        stat   = "Maximum"
+        period = 60
+        metrics = [
+          [local.metric_namespace, local.agent_log_metrics.backlog.metric, { label = "backlog" }],
+          [local.metric_namespace, local.agent_log_metrics.error_files.metric, { label = "in error folders" }],
+          [local.metric_namespace, local.agent_log_metrics.unsent_files.metric, { label = "unsent (ledger)" }],
+        ]
+      }
+    },
+    {
+      type = "metric", x = 8, y = 18, width = 8, height = 6
+      properties = {
+        title  = "Agent: oldest file waiting (s)"
+        region = local.region
+        stat   = "Maximum"
+        period = 60
+        metrics = [
+          [local.metric_namespace, local.agent_log_metrics.oldest_file_age.metric, { label = "in a route folder" }],
+          [local.metric_namespace, local.agent_log_metrics.oldest_unsent.metric, { label = "unsent (ledger)" }],
+        ]
+        annotations = {
+          horizontal = [{ label = "alarm", value = var.agent_oldest_file_age_alarm_seconds }]
+        }
+      }
+    },
+    {
+      type = "metric", x = 16, y = 18, width = 8, height = 6
+      properties = {
+        title  = "Shared volume (EFS): clients and I/O"
+        region = local.region
+        period = 300
+        metrics = [
+          ["AWS/EFS", "ClientConnections", "FileSystemId", aws_efs_file_system.data_egress.id, { stat = "Sum", label = "client connections" }],
+          ["AWS/EFS", "MeteredIOBytes", "FileSystemId", aws_efs_file_system.data_egress.id, { stat = "Sum", label = "metered I/O bytes", yAxis = "right" }],
+        ]
+      }
+    },
+    {
+      type = "log", x = 0, y = 24, width = 24, height = 6
+      properties = {
+        title  = "Agent: route status (latest per route)"
+        region = local.region
+        query  = "SOURCE '${aws_cloudwatch_log_group.sft_agent.name}' | filter event = 'route_status' | stats latest(backlog) as backlog, latest(oldest_file_age_seconds) as oldest_s, latest(error_files) as errors, latest(cert_expiry_days) as cert_days by route"
+      }
+    },
+    {
+      type = "log", x = 0, y = 30, width = 24, height = 6
       properties = {
         title  = "Worker: DLQ moves and failures"
         region = local.region

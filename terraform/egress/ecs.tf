@@ -1,4 +1,4 @@
-# The ECS cluster, the task (worker + SFT agent sharing /data-egress) and the service.
+# The ECS cluster, the task (worker + SFT agent sharing /data-egress on EFS) and the service.
 
 resource "aws_ecs_cluster" "this" {
   name = var.name
@@ -49,6 +49,9 @@ locals {
     SFT_TLS_DIR            = local.agent_tls_dir
     SFT_AGENT_METRICS_PORT = tostring(local.agent_metrics)
     SFT_AGENT_LOG_FORMAT   = "json"
+    # The agent records each file's fate in the ledger and checks for unsent files
+    # (docs/exactly-once.md); the task role grants it what it needs (roles stack).
+    SFT_AGENT_LEDGER_TABLE = aws_dynamodb_table.ledger.name
   }
 
   # The execution role reads these and ECS injects them as environment variables; the
@@ -63,8 +66,9 @@ locals {
     ],
   )
 
-  # The root file systems are read-only; each container writes only to these volumes,
-  # all on the task's (encrypted) ephemeral storage.
+  # The root file systems are read-only; each container writes only to these volumes:
+  # /data-egress on EFS (efs.tf), shared by both; the others on the task's (encrypted)
+  # ephemeral storage, private to each container.
   container_definitions = [
     {
       name                   = "egress"
@@ -172,9 +176,22 @@ resource "aws_ecs_task_definition" "egress" {
     size_in_gib = var.ephemeral_storage_gib
   }
 
-  # Shared by the worker (writes SFT files) and the agent (sends and deletes them).
+  # Shared by the worker (writes SFT files) and the agent (sends and deletes them), on
+  # EFS so that files outlive the task and every task sees them: TLS to the mount target,
+  # through the access point (user 10001, root /data-egress), authorised with the task
+  # role (the file system policy allows no other way in).
   volume {
     name = "data-egress"
+
+    efs_volume_configuration {
+      file_system_id     = aws_efs_file_system.data_egress.id
+      transit_encryption = "ENABLED"
+
+      authorization_config {
+        access_point_id = aws_efs_access_point.data_egress.id
+        iam             = "ENABLED"
+      }
+    }
   }
 
   volume {
@@ -225,6 +242,15 @@ resource "aws_ecs_service" "egress" {
     # Autoscaling owns the count once the service exists.
     ignore_changes = [desired_count]
   }
+
+  # Tasks mount /data-egress when they start: the mount targets, the NFS rules and the
+  # file system policy must exist first, or the first tasks fail and roll back.
+  depends_on = [
+    aws_efs_mount_target.data_egress,
+    aws_efs_file_system_policy.data_egress,
+    aws_vpc_security_group_ingress_rule.efs_from_tasks,
+    aws_vpc_security_group_egress_rule.tasks_to_efs,
+  ]
 
   tags = local.tags
 }

@@ -1,12 +1,13 @@
 # One customer managed key for the service's own data at rest: the queue and DLQ, both
-# tables, the log groups, the alarm topic, the image repositories and ECS Exec sessions.
+# tables, the shared EFS volume, the log groups, the alarm topic, the image repositories
+# and ECS Exec sessions.
 # No alias: managing one needs kms:ListAliases, which AWS grants only on "*"; the key is
 # found through the stack's kms_key_arn output.
 # (The producers' and destinations' keys are theirs; the roles stack grants the worker
 # kms:Decrypt on them by name.)
 
 resource "aws_kms_key" "service" {
-  description             = "${var.name}: queue, tables, logs, images and alarms at rest"
+  description             = "${var.name}: queue, tables, shared volume, logs, images and alarms at rest"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.service_key.json
@@ -56,7 +57,9 @@ data "aws_iam_policy_document" "service_key" {
   }
 
   # Principals of this account whose IAM policies allow it (operators, the deploy role)
-  # may use the key, but only through the services that hold this service's data.
+  # may use the key, but only through the services that hold this service's data. EFS
+  # needs CreateGrant, DescribeKey, GenerateDataKeyWithoutPlaintext and Decrypt of the
+  # principal creating the file system; it then works through its grant.
   statement {
     sid       = "AccountUsesKeyThroughServices"
     effect    = "Allow"
@@ -82,6 +85,7 @@ data "aws_iam_policy_document" "service_key" {
         "dynamodb.${local.region}.amazonaws.com",
         "ecr.${local.region}.amazonaws.com",
         "sns.${local.region}.amazonaws.com",
+        "elasticfilesystem.${local.region}.amazonaws.com",
       ]
     }
   }

@@ -41,7 +41,9 @@ locals {
   agent_runtime_dir  = "/run/sft-agent"
   agent_config_path  = "/run/sft-agent/config.yaml"
   agent_tls_dir      = "/run/sft-agent/tls"
-  container_user     = "10001:10001"
+  container_uid      = 10001 # the images' USER (docker/*.Dockerfile)
+  container_gid      = 10001
+  container_user     = "${local.container_uid}:${local.container_gid}"
   agent_error_metric = "AgentFilesMovedToErrorFolder"
   metric_namespace   = "DataEgress/${var.name}"
 }

@@ -18,6 +18,16 @@ output "ledger_table_name" {
   value       = aws_dynamodb_table.ledger.name
 }
 
+output "efs_file_system_id" {
+  description = "EFS file system of the shared /data-egress volume (backed up daily by AWS Backup)."
+  value       = aws_efs_file_system.data_egress.id
+}
+
+output "efs_access_point_id" {
+  description = "The access point the tasks mount /data-egress through (user 10001, root /data-egress)."
+  value       = aws_efs_access_point.data_egress.id
+}
+
 output "kms_key_arn" {
   description = "The service's KMS key."
   value       = aws_kms_key.service.arn

@@ -43,12 +43,12 @@ variable "vpc_id" {
 }
 
 variable "subnet_ids" {
-  description = "Private subnets of the tasks (with a NAT gateway or VPC endpoints for S3, SQS, DynamoDB, KMS, ECR, Logs, Secrets Manager, STS)."
+  description = "Private subnets of the tasks (with a NAT gateway or VPC endpoints for S3, SQS, DynamoDB, KMS, ECR, Logs, Secrets Manager, STS), one per Availability Zone: each also gets a mount target of the shared EFS volume."
   type        = list(string)
 
   validation {
-    condition     = length(var.subnet_ids) > 0
-    error_message = "subnet_ids: at least one subnet."
+    condition     = length(var.subnet_ids) > 0 && length(distinct(var.subnet_ids)) == length(var.subnet_ids)
+    error_message = "subnet_ids: at least one subnet, each once."
   }
 }
 
@@ -175,7 +175,7 @@ variable "agent_memory_reservation" {
 }
 
 variable "ephemeral_storage_gib" {
-  description = "Task ephemeral storage (GiB, 21-200): holds the shared /data-egress volume, so it bounds the SFT files waiting for the agent."
+  description = "Task ephemeral storage (GiB, 21-200): the containers' /tmp and the agent's runtime folder. The shared /data-egress volume is on EFS (efs.tf), not here."
   type        = number
   default     = 50
 
@@ -298,6 +298,45 @@ variable "oldest_message_age_alarm_seconds" {
   description = "Alarm when the oldest flag message waits longer than this."
   type        = number
   default     = 1800
+}
+
+variable "agent_backlog_alarm_threshold" {
+  description = "Alarm when an SFT route's folder holds more files than this, waiting for the agent, for 15 minutes (the largest backlog the agent logs in route_status)."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.agent_backlog_alarm_threshold >= 1
+    error_message = "agent_backlog_alarm_threshold: at least 1."
+  }
+}
+
+variable "agent_oldest_file_age_alarm_seconds" {
+  description = "Alarm when the oldest file waiting in an SFT route's folder is older than this (seconds). Leave room for the agent's retries (retry.max_delay in its config)."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.agent_oldest_file_age_alarm_seconds >= 60
+    error_message = "agent_oldest_file_age_alarm_seconds: at least 60."
+  }
+}
+
+variable "agent_cert_expiry_alarm_days" {
+  description = "Alarm when the SFT agent's client certificate expires in fewer days than this."
+  type        = number
+  default     = 14
+
+  validation {
+    condition     = var.agent_cert_expiry_alarm_days >= 1
+    error_message = "agent_cert_expiry_alarm_days: at least 1."
+  }
+}
+
+variable "agent_silence_alarms" {
+  description = "Whether no route_status line from any SFT agent for 10 minutes raises the oldest-file alarm (the agent is not running). Set false only where the agent has no routes, so never logs route_status."
+  type        = bool
+  default     = true
 }
 
 variable "alarm_email_addresses" {

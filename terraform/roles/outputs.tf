@@ -4,7 +4,7 @@ output "worker_task_role_arn" {
 }
 
 output "agent_task_role_arn" {
-  description = "Role for the SFT agent run as a task of its own (no permissions)."
+  description = "Role for the SFT agent run as a task of its own (the agent's ledger rights only)."
   value       = aws_iam_role.agent.arn
 }
 
@@ -14,7 +14,7 @@ output "task_execution_role_arn" {
 }
 
 output "deploy_role_arn" {
-  description = "Role the infrastructure and images pipelines assume on the apply branches."
+  description = "Role the infrastructure and images pipelines assume in the deploy environments (github_deploy_environments)."
   value       = aws_iam_role.deploy.arn
 }
 
@@ -26,6 +26,11 @@ output "plan_role_arn" {
 output "role_management_role_arn" {
   description = "Role the role-management pipeline assumes to apply this stack."
   value       = aws_iam_role.role_management.arn
+}
+
+output "permissions_boundary_arns" {
+  description = "Permissions boundaries (service: task roles; pipeline: plan and deploy) that every role but role management carries, and every role the role-management role creates must."
+  value       = { service = aws_iam_policy.service_boundary.arn, pipeline = aws_iam_policy.pipeline_boundary.arn }
 }
 
 output "github_oidc_provider_arn" {

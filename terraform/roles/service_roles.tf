@@ -1,8 +1,13 @@
 # The roles the ECS task runs with. ECS grants one task role per *task*: both containers
-# of the egress task (worker and sft-agent) share the worker task role. The agent needs
-# no AWS access at all; its own role below is for running the agent as a task of its
-# own (e.g. beside a worker in another service, sharing an EFS volume), and carries no
-# permissions.
+# of the egress task (worker and sft-agent) share the worker task role, which therefore
+# carries the agent's ledger rights too (statement SftAgentRecordsFileFates, kept apart
+# so that they read as the agent's). Separating them per container would need an extra
+# hop: the agent assuming a role of its own with the task role's credentials. The agent
+# role below is for running the agent as a task of its own (e.g. beside a worker in
+# another service, sharing the EFS volume); it carries the agent's statement only.
+#
+# Every role here carries the service permissions boundary (pipeline_policies.tf): the
+# role-management pipeline can create and edit roles only with a boundary on them.
 
 data "aws_iam_policy_document" "ecs_tasks_trust" {
   statement {
@@ -34,12 +39,37 @@ data "aws_iam_policy_document" "ecs_tasks_trust" {
 
 resource "aws_iam_role" "worker" {
   name                 = local.role_names.worker
-  description          = "Egress worker task: reads routed source prefixes, writes destinations, works the flag queue."
+  description          = "Egress task (worker and SFT agent): reads routed source prefixes, writes destinations, works the flag queue, records in the ledger."
   assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_trust.json
   max_session_duration = 3600
+  permissions_boundary = aws_iam_policy.service_boundary.arn
+}
+
+# The SFT agent's needs (docs/exactly-once.md): it finds the object row of each file it
+# sends through the by_sft_path index, checks the unsent index, and records sending,
+# sent, retry or parked on the row (UpdateItem). Nothing else: it creates no rows, reads
+# no routes, touches no queue. Its own statement, in both the task role (one task role
+# serves both containers) and the agent role.
+data "aws_iam_policy_document" "sft_agent" {
+  statement {
+    sid       = "SftAgentRecordsFileFates"
+    effect    = "Allow"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [local.ledger_table_arn]
+  }
+
+  statement {
+    sid       = "SftAgentQueriesLedgerIndexes"
+    effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = [local.ledger_index_arn_glob]
+  }
 }
 
 data "aws_iam_policy_document" "worker" {
+  # The agent's statements, for the sft-agent container of the same task.
+  source_policy_documents = [data.aws_iam_policy_document.sft_agent.json]
+
   statement {
     sid       = "ReadRoutes"
     effect    = "Allow"
@@ -47,13 +77,31 @@ data "aws_iam_policy_document" "worker" {
     resources = [local.routes_table_arn]
   }
 
+  # Claims, progress and the audit trail (docs/exactly-once.md): the claim is a conditional
+  # UpdateItem, object rows are written with PutItem / BatchWriteItem after a conditional
+  # renewal of the claim (the fence), resumes Query the delivery's rows.
   statement {
-    sid       = "WriteLedger"
-    effect    = "Allow"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    sid    = "WorkerWritesLedger"
+    effect = "Allow"
+    actions = [
+      "dynamodb:GetItem",
+      "dynamodb:PutItem",
+      "dynamodb:UpdateItem",
+      "dynamodb:Query",
+      "dynamodb:BatchWriteItem",
+    ]
     resources = [local.ledger_table_arn]
   }
 
+  statement {
+    sid       = "WorkerQueriesLedgerIndexes"
+    effect    = "Allow"
+    actions   = ["dynamodb:Query"]
+    resources = [local.ledger_index_arn_glob]
+  }
+
+  # SendMessage: a duplicate arriving while a live worker delivers is re-queued (a
+  # delayed copy, then the original deleted) so its receive count never grows.
   statement {
     sid    = "WorkFlagQueue"
     effect = "Allow"
@@ -63,6 +111,7 @@ data "aws_iam_policy_document" "worker" {
       "sqs:ChangeMessageVisibility",
       "sqs:GetQueueAttributes",
       "sqs:GetQueueUrl",
+      "sqs:SendMessage",
     ]
     resources = [local.queue_arn]
   }
@@ -138,6 +187,19 @@ data "aws_iam_policy_document" "worker" {
     }
   }
 
+  # A claim taken over aborts the multipart uploads the lapsed claim opened but did not
+  # record: it lists the open uploads under the destination prefix.
+  dynamic "statement" {
+    for_each = length(var.destination_locations) > 0 ? [1] : []
+
+    content {
+      sid       = "ListUploadsOfSameAccountDestinations"
+      effect    = "Allow"
+      actions   = ["s3:ListBucketMultipartUploads"]
+      resources = local.destination_bkt_arns
+    }
+  }
+
   dynamic "statement" {
     for_each = length(var.destination_kms_key_arns) > 0 ? [1] : []
 
@@ -160,9 +222,16 @@ resource "aws_iam_role_policy" "worker" {
 
 resource "aws_iam_role" "agent" {
   name                 = local.role_names.agent
-  description          = "SFT agent run as a task of its own: no AWS permissions (it reads a volume and pushes over mTLS)."
+  description          = "SFT agent run as a task of its own: records file fates in the ledger (it reads a volume and pushes over mTLS)."
   assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_trust.json
   max_session_duration = 3600
+  permissions_boundary = aws_iam_policy.service_boundary.arn
+}
+
+resource "aws_iam_role_policy" "agent" {
+  name   = "${local.role_names.agent}-access"
+  role   = aws_iam_role.agent.id
+  policy = data.aws_iam_policy_document.sft_agent.json
 }
 
 # ---- task execution role ---------------------------------------------------------------
@@ -174,6 +243,7 @@ resource "aws_iam_role" "execution" {
   description          = "ECS task execution: image pulls, log streams, the sft-agent's named secrets."
   assume_role_policy   = data.aws_iam_policy_document.ecs_tasks_trust.json
   max_session_duration = 3600
+  permissions_boundary = aws_iam_policy.service_boundary.arn
 }
 
 data "aws_iam_policy_document" "execution" {

@@ -32,14 +32,33 @@ variable "github_repository" {
   }
 }
 
-variable "github_apply_branches" {
-  description = "Branches whose pushes may apply in this account (the account chosen by branch: main for prod, develop for dev)."
+variable "github_deploy_environments" {
+  description = <<-EOT
+    GitHub environments whose jobs may assume the deploy role (infra.yml's apply job and
+    images.yml's publish job): "prod" in the prod account, "dev" in dev. Each must have
+    deployment branches limited to the apply branch, and prod required reviewers.
+  EOT
   type        = list(string)
-  default     = ["main"]
+  default     = ["prod"]
 
   validation {
-    condition     = length(var.github_apply_branches) > 0 && alltrue([for b in var.github_apply_branches : can(regex("^[A-Za-z0-9._/-]+$", b))])
-    error_message = "github_apply_branches: at least one branch name, no wildcards."
+    condition     = length(var.github_deploy_environments) > 0 && alltrue([for e in var.github_deploy_environments : can(regex("^[A-Za-z0-9._-]+$", e))])
+    error_message = "github_deploy_environments: at least one environment name; letters, digits, '.', '_' and '-' only (no wildcards)."
+  }
+}
+
+variable "github_role_management_environments" {
+  description = <<-EOT
+    GitHub environments whose jobs may assume the role-management role (roles.yml's apply
+    job): "prod-roles" in the prod account, "dev-roles" in dev. Kept apart from the deploy
+    environments so that approving a deployment never grants IAM changes.
+  EOT
+  type        = list(string)
+  default     = ["prod-roles"]
+
+  validation {
+    condition     = length(var.github_role_management_environments) > 0 && alltrue([for e in var.github_role_management_environments : can(regex("^[A-Za-z0-9._-]+$", e))])
+    error_message = "github_role_management_environments: at least one environment name; letters, digits, '.', '_' and '-' only (no wildcards)."
   }
 }
 
@@ -55,18 +74,36 @@ variable "github_oidc_thumbprints" {
   default     = ["6938fd4d98bab03faadb97b34396831e3780aea1", "1c58a3a8518e8759bf075b76b750d4f2df264fcd"]
 }
 
-variable "trusted_central_role_arns" {
+variable "trusted_central_roles" {
   description = <<-EOT
-    Optional role hop: roles in a central (tooling) account that may assume the pipeline roles
-    here. The pipeline then assumes the central role with OIDC and hops to this account's role.
-    Empty: the pipeline roles trust GitHub's OIDC provider in this account only.
+    Optional role hop: roles in a central (tooling) account that may assume the pipeline
+    roles here, one list per role, so that the central role a pull request uses can reach
+    only the plan role. The pipeline assumes the central role with OIDC, then this
+    account's role with sts:ExternalId "<owner>/<name>:<plan|deploy|role-management>".
+    Each central role's own trust must condition on the same GitHub subjects as the role
+    it hops to. Empty: the pipeline roles trust GitHub's OIDC provider in this account only.
   EOT
-  type        = list(string)
-  default     = []
+  type = object({
+    plan            = optional(list(string), [])
+    deploy          = optional(list(string), [])
+    role_management = optional(list(string), [])
+  })
+  default = {}
 
   validation {
-    condition     = alltrue([for arn in var.trusted_central_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", arn))])
-    error_message = "trusted_central_role_arns: full role ARNs only, no wildcards."
+    condition = alltrue([
+      for arn in concat(var.trusted_central_roles.plan, var.trusted_central_roles.deploy, var.trusted_central_roles.role_management) :
+      can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", arn))
+    ])
+    error_message = "trusted_central_roles: full role ARNs only, no wildcards."
+  }
+
+  validation {
+    condition = length(setintersection(
+      toset(var.trusted_central_roles.plan),
+      toset(concat(var.trusted_central_roles.deploy, var.trusted_central_roles.role_management)),
+    )) == 0
+    error_message = "trusted_central_roles: a central role used for plans (pull requests) must not also hop to deploy or role management."
   }
 }
 

@@ -401,6 +401,7 @@ def test_every_policy_goes_through_a_policy_document_or_is_checked() -> None:
         "aws_s3_bucket_policy": ["policy"],
         "aws_sns_topic_policy": ["policy"],
         "aws_ecr_repository_policy": ["policy"],
+        "aws_efs_file_system_policy": ["policy"],
     }
     unchecked = []
     for block in blocks("resource"):
@@ -537,17 +538,19 @@ def test_oidc_trust_is_scoped_to_the_repository() -> None:
     validation = as_text(declared(ROLES)["variable"]["github_repository"]["validation"])
     assert "*" not in re.sub(r"\[[^\]]*\]", "", validation.split("error_message")[0]).replace("+$", "")
     hop = [s for s in document_statements() if s.body.get("sid") == "CentralAccountHop"]
-    assert hop, "the optional central-account hop is missing"
+    assert len(hop) == 3, "the optional central-account hop is missing from a pipeline role's trust"
     for statement in hop:
         principals = statement.body["principals"][0]
-        assert principals["type"] == "AWS" and principals["identifiers"] == "${var.trusted_central_role_arns}"
+        assert principals["type"] == "AWS"
+        assert re.fullmatch(r"\$\{var\.trusted_central_roles\.(plan|deploy|role_management)\}", principals["identifiers"])
 
 
 def test_roles_stack_has_the_roles_of_the_issue() -> None:
     roles = {b.name: b for b in blocks("resource", "aws_iam_role", ROLES)}
-    assert {"worker", "agent", "execution", "deploy", "role_management"} <= set(roles)
-    assert roles["deploy"].body["assume_role_policy"] == "${data.aws_iam_policy_document.trust_apply.json}"
-    assert roles["role_management"].body["assume_role_policy"] == "${data.aws_iam_policy_document.trust_apply.json}"
+    assert {"worker", "agent", "execution", "plan", "deploy", "role_management"} <= set(roles)
+    for name in ("plan", "deploy", "role_management"):
+        trust = f"${{data.aws_iam_policy_document.trust_{name}.json}}"
+        assert roles[name].body["assume_role_policy"] == trust, f"{name} does not use its own trust"
     assert list(blocks("resource", "aws_iam_openid_connect_provider", ROLES))
     # The egress stack finds the roles by the names the roles stack gives them.
     role_names = declared(ROLES)["locals"]["role_names"]

@@ -220,3 +220,143 @@ def test_images_workflow_builds_and_pushes_both_containers() -> None:
     infra = load(WORKFLOWS / "infra.yml")
     assert infra["jobs"]["images"]["uses"] == "./.github/workflows/images.yml"
     assert "images" in str(infra["jobs"]["apply"]["needs"])
+
+
+# ---- gates of the apply pipelines ------------------------------------------------------------
+
+APPLY_WORKFLOWS = {"infra.yml": "apply", "roles.yml": "apply"}
+ROLE_OF_JOB = {
+    ("infra.yml", "plan"): "plan",
+    ("roles.yml", "plan"): "plan",
+    ("infra.yml", "apply"): "deploy",
+    ("images.yml", "publish"): "deploy",
+    ("roles.yml", "apply"): "role-management",
+}
+CENTRAL_HOP_VARIABLE = {
+    "plan": "AWS_CENTRAL_PLAN_ROLE_ARN",
+    "deploy": "AWS_CENTRAL_DEPLOY_ROLE_ARN",
+    "role-management": "AWS_CENTRAL_ROLE_MANAGEMENT_ROLE_ARN",
+}
+ROLES_TFVARS = ROOT / "terraform" / "roles" / "environments"
+BRANCH_OF_ENVIRONMENT = {"prod": "main", "dev": "develop"}
+
+
+def job(name: str, job_name: str) -> dict[str, Any]:
+    return load(WORKFLOWS / name)["jobs"][job_name]
+
+
+def by_branch(expression: str, branch: str) -> str:
+    """The value of `${{ github.ref_name == 'main' && 'A' || 'B' }}` on a branch."""
+    match = re.fullmatch(r"\$\{\{\s*github\.ref_name == 'main' && '([\w.-]+)' \|\| '([\w.-]+)'\s*\}\}", expression.strip())
+    assert match, f"not chosen by branch: {expression!r}"
+    return match.group(1) if branch == "main" else match.group(2)
+
+
+def runs_terraform_apply(step: dict[str, Any]) -> bool:
+    return any(words[0] == "terraform" and "apply" in words for words in commands(str(step.get("run", ""))))
+
+
+def test_apply_jobs_run_in_the_github_environment_of_their_account() -> None:
+    for name, job_name in APPLY_WORKFLOWS.items():
+        environment = job(name, job_name).get("environment")
+        assert environment, f"{name}:{job_name} runs without a GitHub environment"
+        suffix = "-roles" if name == "roles.yml" else ""
+        assert by_branch(str(environment), "main") == f"prod{suffix}", name
+        assert by_branch(str(environment), "develop") == f"dev{suffix}", name
+    # The images are pushed with the deploy role too: in the same environment.
+    assert job("images.yml", "publish").get("environment") == "${{ inputs.environment }}"
+    # Pull request jobs never declare one (their OIDC subject stays pull_request).
+    for name in ("infra.yml", "roles.yml"):
+        assert "environment" not in job(name, "plan"), name
+
+
+def test_apply_workflows_can_be_run_by_hand() -> None:
+    for name, job_name in APPLY_WORKFLOWS.items():
+        on = triggers(load(WORKFLOWS / name))
+        assert "workflow_dispatch" in on, f"{name} cannot be run by hand"
+        assert not (on["workflow_dispatch"] or {}).get("inputs"), f"{name}: dispatch inputs could steer the build"
+        condition = str(job(name, job_name)["if"])
+        assert "'workflow_dispatch'" in condition and "'push'" in condition, f"{name}:{job_name} skips manual runs"
+    assert "'workflow_dispatch'" in str(job("infra.yml", "images")["if"]), "a manual apply would have no images"
+
+
+def account_checks(steps_: list[dict[str, Any]]) -> list[int]:
+    """Indexes of steps that compare the caller's account with the expected account id."""
+    found = []
+    for index, step in enumerate(steps_):
+        script = str(step.get("run", ""))
+        words = [w for c in commands(script) for w in c]
+        if "get-caller-identity" not in words or "Account" not in script:
+            continue
+        expected = (step.get("env") or {}).get("EXPECTED_AWS_ACCOUNT_ID", "")
+        if "vars.EXPECTED_AWS_ACCOUNT_ID" not in expected:
+            continue
+        if "$EXPECTED_AWS_ACCOUNT_ID" in script and "!=" in script and re.search(r"\bexit 1\b", script):
+            found.append(index)
+    return found
+
+
+def test_the_account_is_checked_before_any_apply_or_push() -> None:
+    gated = [("infra.yml", "apply"), ("roles.yml", "apply"), ("images.yml", "publish")]
+    for name, job_name in gated:
+        steps_ = job(name, job_name)["steps"]
+        credentials = [i for i, s in enumerate(steps_) if "configure-aws-credentials" in str(s.get("uses", ""))]
+        checks = account_checks(steps_)
+        assert credentials and checks, f"{name}:{job_name} does not check the account"
+        assert "set -euo pipefail" in str(steps_[checks[0]]["run"]), f"{name}:{job_name}: a failed aws call must fail"
+        assert checks[0] > max(credentials), f"{name}:{job_name} checks before its last credentials step"
+        later = [i for i, s in enumerate(steps_) if runs_terraform_apply(s) or "build-push-action" in str(s.get("uses"))]
+        assert later, f"{name}:{job_name}: nothing applied or pushed?"
+        assert checks[0] < min(later), f"{name}:{job_name} applies before checking the account"
+        assert not steps_[checks[0]].get("continue-on-error"), name
+
+
+def test_account_check_rule_catches_what_it_should() -> None:
+    good = {
+        "env": {"EXPECTED_AWS_ACCOUNT_ID": "${{ vars.EXPECTED_AWS_ACCOUNT_ID }}"},
+        "run": 'a=$(aws sts get-caller-identity --query Account --output text)\n'
+        'if [ "$a" != "$EXPECTED_AWS_ACCOUNT_ID" ]; then exit 1; fi',
+    }
+    assert account_checks([good]) == [0]
+    assert not account_checks([{**good, "run": "aws sts get-caller-identity"}])  # prints, compares nothing
+    assert not account_checks([{**good, "env": {}}])  # compares with nothing
+    assert not account_checks([{**good, "run": good["run"].replace("exit 1", "echo mismatch")}])  # never fails
+
+
+def aws_steps(name: str, job_name: str) -> list[dict[str, Any]]:
+    return [s for s in job(name, job_name)["steps"] if "configure-aws-credentials" in str(s.get("uses", ""))]
+
+
+def test_each_job_hops_only_through_the_central_role_of_its_own_purpose() -> None:
+    for (name, job_name), role in ROLE_OF_JOB.items():
+        text = yaml.safe_dump(aws_steps(name, job_name))
+        own = CENTRAL_HOP_VARIABLE[role]
+        assert own in text, f"{name}:{job_name} does not use {own}"
+        others = set(CENTRAL_HOP_VARIABLE.values()) - {own}
+        assert not any(o in text for o in others), f"{name}:{job_name} can hop through another purpose's role"
+        assert "AWS_CENTRAL_ROLE_ARN" not in text, f"{name}:{job_name} uses the shared central role"
+        target = aws_steps(name, job_name)[-1]["with"]
+        assert target["role-to-assume"].endswith(f":role/data-egress-{role}")
+        # The hop presents this purpose's external id (terraform/roles: central_hop_external_ids).
+        assert target.get("role-skip-session-tagging") is True, f"{name}:{job_name}: tagged hops are refused"
+        assert f"format('{{0}}:{role}', github.repository)" in target.get("role-external-id", ""), (name, job_name)
+
+
+def test_github_environments_match_the_roles_trust() -> None:
+    import hcl2  # the same parser as the HCL tests
+
+    for environment, branch in BRANCH_OF_ENVIRONMENT.items():
+        with (ROLES_TFVARS / f"{environment}.tfvars").open(encoding="utf-8") as handle:
+            values = {k: v for k, v in hcl2.load(handle).items() if not k.startswith("__")}
+        deploy = [v.strip('"') for v in values["github_deploy_environments"]]
+        manage = [v.strip('"') for v in values["github_role_management_environments"]]
+        assert deploy == [by_branch(str(job("infra.yml", "apply")["environment"]), branch)], environment
+        assert manage == [by_branch(str(job("roles.yml", "apply")["environment"]), branch)], environment
+
+
+def test_readme_documents_the_environments_and_their_settings() -> None:
+    text = (ROOT / "terraform" / "README.md").read_text(encoding="utf-8")
+    for needed in ("EXPECTED_AWS_ACCOUNT_ID", "workflow_dispatch", "prod-roles", *CENTRAL_HOP_VARIABLE.values()):
+        assert needed in text, f"terraform/README.md does not mention {needed}"
+    assert re.search(r"required reviewers", text, flags=re.I), "where required reviewers are configured is not documented"
+    assert re.search(r"deployment branches", text, flags=re.I), "the environments' branch rules are not documented"

@@ -1,10 +1,14 @@
-# Roles stack, dev account. Applied by .github/workflows/roles.yml on pushes to develop:
+# Roles stack, dev account. Applied by .github/workflows/roles.yml on pushes to develop
+# (GitHub environment "dev-roles"):
 #   terraform -chdir=terraform/roles init -backend-config=environments/dev.s3.tfbackend -backend-config="bucket=<state bucket>"
 #   terraform -chdir=terraform/roles plan -var-file=environments/dev.tfvars
-region                = "eu-west-2"
-github_repository     = "example-org/data-egress"
-github_apply_branches = ["develop"]
-state_bucket          = "example-dev-terraform-state"
+region            = "eu-west-2"
+github_repository = "example-org/data-egress"
+state_bucket      = "example-dev-terraform-state"
+
+# GitHub environments whose jobs may assume the deploy and role-management roles.
+github_deploy_environments          = ["dev"]
+github_role_management_environments = ["dev-roles"]
 
 source_locations = [
   { bucket = "example-dev-pipeline-output", prefix = "exports/opsmi/" },

@@ -1,12 +1,22 @@
-# Roles stack, prod account. Applied by .github/workflows/roles.yml on pushes to main.
-region                = "eu-west-2"
-github_repository     = "example-org/data-egress"
-github_apply_branches = ["main"]
-state_bucket          = "example-prod-terraform-state"
+# Roles stack, prod account. Applied by .github/workflows/roles.yml on pushes to main
+# (GitHub environment "prod-roles", with required reviewers).
+region            = "eu-west-2"
+github_repository = "example-org/data-egress"
+state_bucket      = "example-prod-terraform-state"
+
+# GitHub environments whose jobs may assume the deploy and role-management roles.
+github_deploy_environments          = ["prod"]
+github_role_management_environments = ["prod-roles"]
 
 # Optional role hop: the pipeline assumes a role of the central (tooling) account with
-# OIDC, then this account's role. Leave empty to trust GitHub's OIDC provider directly.
-trusted_central_role_arns = []
+# OIDC, then this account's role; one central role per pipeline role (a pull request's
+# central role must reach the plan role only). Leave empty to trust GitHub's OIDC
+# provider directly.
+trusted_central_roles = {
+  plan            = []
+  deploy          = []
+  role_management = []
+}
 
 source_locations = [
   { bucket = "example-prod-pipeline-output", prefix = "exports/opsmi/" },

@@ -1,6 +1,7 @@
 # The egress stack in the dev account (an example to adapt: VPC, buckets, keys, secrets).
-# Applied by .github/workflows/infra.yml on pushes to develop, with the deploy role of the
-# roles stack; the image tag is the commit SHA the images pipeline pushed:
+# Applied by .github/workflows/infra.yml on pushes to develop (GitHub environment "dev"),
+# with the deploy role of the roles stack; the image tag is the commit SHA the images
+# pipeline pushed:
 #
 #   terraform init -backend-config=backend.s3.tfbackend -backend-config="bucket=<state bucket>"
 #   TF_VAR_image_tag=<sha> terraform plan

@@ -1,6 +1,7 @@
 # The egress stack in the prod account (an example to adapt: VPC, buckets, keys, secrets).
-# Applied by .github/workflows/infra.yml on pushes to main, with the deploy role of the
-# roles stack; the image tag is the commit SHA the images pipeline pushed:
+# Applied by .github/workflows/infra.yml on pushes to main (GitHub environment "prod",
+# with required reviewers), with the deploy role of the roles stack; the image tag is the
+# commit SHA the images pipeline pushed:
 #
 #   terraform init -backend-config=backend.s3.tfbackend -backend-config="bucket=<state bucket>"
 #   TF_VAR_image_tag=<sha> terraform plan
@@ -68,7 +69,8 @@ module "egress" {
     { description = "warehouse receiver", port = 8091, cidr_blocks = ["10.40.0.0/24"] },
   ]
 
-  # Prod: room for large SFT deliveries, two tasks at least (one per AZ).
+  # Prod: two tasks at least (one per AZ). SFT files wait on the shared EFS volume; the
+  # ephemeral storage holds the containers' /tmp only.
   task_cpu                = 2048
   task_memory             = 4096
   ephemeral_storage_gib   = 100
