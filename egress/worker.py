@@ -26,6 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from egress import metrics
 from egress.delivery import ByteBudget, RouteDelivery
@@ -37,8 +38,9 @@ from egress.errors import (
     PermanentError,
     RetryableError,
     StopRequested,
+    translate_client_error,
 )
-from egress.ledger import DeliveryKey, LeaseHeld, Ledger
+from egress.ledger import DeliveryKey, LeaseHeld, Ledger, LedgerSchemaError, check_ledger_schema
 from egress.messages import FlagEvent, Ignored, MalformedMessage, parse_body
 from egress.queue import FlagQueue, Message, ReceiptGone
 from egress.routing import RouteTable
@@ -471,6 +473,16 @@ def run_worker(settings: WorkerSettings) -> int:
 
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     aws = build_clients(settings.aws)
+    try:
+        check_ledger_schema(aws.dynamodb, settings.ledger_table)
+    except LedgerSchemaError as exc:
+        log.error("cannot start", detail=str(exc))
+        return 2
+    except (ClientError, BotoCoreError) as exc:
+        # Not fatal here: the first claim reports a missing table or missing rights per message.
+        log.warning(
+            "could not check the ledger table", error=str(translate_client_error(exc, doing="describing it"))
+        )
     queue = FlagQueue.discover(aws.sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url)
     worker = Worker(
         settings,

@@ -855,6 +855,7 @@ data "aws_iam_policy_document" "service_boundary" {
     effect = "Allow"
     actions = [
       "dynamodb:BatchWriteItem",
+      "dynamodb:DescribeTable",
       "dynamodb:GetItem",
       "dynamodb:PartiQLSelect",
       "dynamodb:PutItem",

@@ -79,11 +79,13 @@ data "aws_iam_policy_document" "worker" {
 
   # Claims, progress and the audit trail (docs/exactly-once.md): the claim is a conditional
   # UpdateItem, object rows are written with PutItem / BatchWriteItem after a conditional
-  # renewal of the claim (the fence), resumes Query the delivery's rows.
+  # renewal of the claim (the fence), resumes Query the delivery's rows. DescribeTable: the
+  # worker refuses to start on a table with another key schema.
   statement {
     sid    = "WorkerWritesLedger"
     effect = "Allow"
     actions = [
+      "dynamodb:DescribeTable",
       "dynamodb:GetItem",
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",

@@ -273,6 +273,7 @@ def test_worker_has_exactly_its_ledger_rights() -> None:
         "dynamodb:UpdateItem",
         "dynamodb:Query",
         "dynamodb:BatchWriteItem",
+        "dynamodb:DescribeTable",
     }
     assert granted[LEDGER] == required, granted[LEDGER]
     assert granted[LEDGER_INDEXES] == {"dynamodb:Query"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -158,3 +159,59 @@ def test_two_objects_on_one_name_are_refused_before_anything_moves() -> None:
     with pytest.raises(PermanentError) as raised:
         list(plan_route(match, objects, event_time=WHEN))
     assert raised.value.reason == "name_collision"
+
+
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [
+        ("exports/opsmi/x.tmp", "treats it as unfinished"),
+        ("exports/opsmi/x~", "treats it as unfinished"),
+        ("exports/opsmi/" + "n" * 300, "longer than 255 bytes"),
+        ("exports/opsmi/bad\udcff.csv", "not valid Unicode"),
+        ("exports/opsmi/tab\there", "control character"),
+    ],
+)
+def test_the_plan_refuses_what_the_sft_writer_would_refuse_before_any_byte_moves(key: str, fragment: str) -> None:
+    """One check: a route is never half delivered because one name fails at write time."""
+    sft = route(transfer_type="SFT", destination_bucket=None, destination_prefix="warehouse")
+    match = match_route(sft, flag_prefix="exports/opsmi/", when=WHEN)
+    assert match is not None
+    objects = [SourceObject("src-bucket", "exports/opsmi/fine.csv", 1), SourceObject("src-bucket", key, 1)]
+    with pytest.raises(PermanentError, match=fragment):
+        list(plan_route(match, objects, event_time=WHEN))
+
+
+def test_every_name_the_plan_accepts_the_sft_writer_accepts(tmp_path: Path) -> None:
+    from egress.destinations.sft import SftDestination
+
+    sft = route(transfer_type="SFT", destination_bucket=None, destination_prefix="warehouse")
+    match = match_route(sft, flag_prefix="exports/opsmi/", when=WHEN)
+    assert match is not None
+    writer = SftDestination(tmp_path, fsync=False)
+    for leaf in ("a.csv", "ü €.txt", "x.tmp.csv", "n" * 255, "deep/er/file"):
+        name = destination_name(match, "exports/opsmi/" + leaf, event_time=WHEN)
+        writer.write(name, iter([b"x"]))
+
+
+def test_an_s3_key_over_1024_bytes_is_refused_by_the_plan() -> None:
+    match = match_route(route(), flag_prefix="exports/opsmi/", when=WHEN)
+    assert match is not None
+    with pytest.raises(PermanentError, match="longer than 1024 bytes"):
+        destination_name(match, "exports/opsmi/" + "k/" * 520, event_time=WHEN)
+
+
+def test_manifests_of_wildcard_rows_go_to_the_flags_own_folder() -> None:
+    from egress.plan import manifest_name
+
+    row = route(source_prefix="landing/*", destination_prefix="out/", manifest_file_name="manifest.json")
+    first = match_route(row, flag_prefix="landing/run-1/", when=WHEN)
+    second = match_route(row, flag_prefix="landing/run-2/deeper/", when=WHEN)
+    assert first is not None and second is not None
+    assert manifest_name(first) == "out/run-1/manifest.json"
+    assert manifest_name(second) == "out/run-2/deeper/manifest.json"
+    sft = route(
+        source_prefix="landing/*", transfer_type="SFT", destination_bucket=None, destination_prefix="team",
+        manifest_file_name="manifest.json",
+    )
+    match = match_route(sft, flag_prefix="landing/run-1/", when=WHEN)
+    assert match is not None and manifest_name(match) == "team/run-1/manifest.json"

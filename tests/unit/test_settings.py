@@ -52,6 +52,7 @@ def test_environment_wins_over_yaml(tmp_path: Path) -> None:
         ({"EGRESS_QUEUE_URL": "q", "EGRESS_KMS_KEY_ARNS": "alias/x"}, "EGRESS_KMS_KEY_ARNS"),
         ({"EGRESS_QUEUE_URL": "q", "EGRESS_FLAG_NAME": "a/b"}, "EGRESS_FLAG_NAME"),
         ({"EGRESS_QUEUE_URL": "q", "EGRESS_SHUTDOWN_GRACE_SECONDS": "0"}, "EGRESS_SHUTDOWN_GRACE_SECONDS"),
+        ({"EGRESS_QUEUE_URL": "q", "EGRESS_LEDGER_LEASE_SECONDS": "40"}, "EGRESS_LEDGER_LEASE_SECONDS"),
     ],
 )
 def test_invalid_settings_name_the_variable(environ: dict[str, str], fragment: str) -> None:
@@ -69,3 +70,13 @@ def test_unknown_yaml_key_is_refused(tmp_path: Path) -> None:
 def test_memory_budget_is_stated() -> None:
     settings = load_settings(environ={"EGRESS_QUEUE_URL": "q", "EGRESS_MEMORY_BUDGET_MB": "128"})
     assert settings.memory_budget() == 128 * 1024 * 1024
+
+
+def test_the_lease_follows_the_visibility_timeout_unless_set() -> None:
+    """A dead worker's claim must lapse about when its message reappears (DESIGN §12)."""
+    settings = load_settings(environ={"EGRESS_QUEUE_URL": "q", "EGRESS_VISIBILITY_TIMEOUT_SECONDS": "45"})
+    assert settings.ledger_lease == 45
+    settings = load_settings(
+        environ={"EGRESS_QUEUE_URL": "q", "EGRESS_LEDGER_LEASE_SECONDS": "90", "EGRESS_HEARTBEAT_SECONDS": "10"}
+    )
+    assert settings.ledger_lease == 90
