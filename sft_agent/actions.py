@@ -104,6 +104,7 @@ class RouteActions:
                     save(state)
                 pusher = self.pushers[index]
                 result = pusher.push(claimed.path, name=name, size=claimed.size, digest=state.digest)
+                state.http_status = result.status
                 self.metrics.bytes_sent.labels(route=self.route.name).inc(result.bytes_sent)
                 log.info(
                     "http_sent",

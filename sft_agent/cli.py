@@ -26,8 +26,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sft-agent: {exc}", file=sys.stderr)
         return 2
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    agent = Agent(settings)
+    dynamodb = None
+    if settings.ledger is not None:
+        from botocore.exceptions import BotoCoreError
+
+        from sft_agent.ledger import build_dynamodb_client
+
+        try:
+            dynamodb = build_dynamodb_client(settings.ledger)
+        except BotoCoreError as exc:
+            print(f"sft-agent: cannot start: ledger: {exc} (set AWS_REGION)", file=sys.stderr)
+            return 2
     try:
+        agent = Agent(settings, dynamodb=dynamodb)
         agent.prepare()
     except StartupError as exc:
         structlog.get_logger("sft_agent").error("cannot_start", error=str(exc))

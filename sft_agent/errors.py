@@ -20,6 +20,8 @@ HTTP_4XX: Final = "http_4xx"
 HTTP_5XX: Final = "http_5xx"
 HTTP_OTHER: Final = "http_other"
 DIGEST_MISMATCH: Final = "digest_mismatch"
+# Any answer (even a 2xx) that came before the whole body was sent: never a delivery.
+EARLY_RESPONSE: Final = "early_response"
 # Local.
 COPY_FAILED: Final = "copy_failed"
 FILE_CHANGED: Final = "file_changed"
@@ -38,6 +40,7 @@ REASONS: Final = frozenset(
         HTTP_5XX,
         HTTP_OTHER,
         DIGEST_MISMATCH,
+        EARLY_RESPONSE,
         COPY_FAILED,
         FILE_CHANGED,
         INVALID_NAME,

@@ -78,6 +78,41 @@ class AgentMetrics:
             registry=r,
         )
 
+        self.ledger_updates = Counter(
+            "sft_agent_ledger_updates_total",
+            "Ledger object rows updated, by the status recorded (sending, retry, sent, parked)",
+            ["status"],
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "sft_agent_ledger_errors_total",
+            "Ledger calls that failed (they never block or fail a send), by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.ledger_not_found = Counter(
+            "sft_agent_ledger_rows_not_found_total",
+            "Files sent or parked with no ledger row to record it on (not written by the worker, or index lag)",
+            registry=r,
+        )
+        self.unsent_files = Gauge(
+            "sft_agent_unsent_files",
+            "Files the worker recorded as written longer than ledger.unsent_after ago and not yet sent or parked",
+            registry=r,
+        )
+        self.oldest_unsent = Gauge(
+            "sft_agent_oldest_unsent_seconds",
+            "Age of the oldest file written and not yet sent or parked (0 if none)",
+            registry=r,
+        )
+
+    def register_ledger(self) -> None:
+        """Create the ledger series at zero."""
+        for status in ("sending", "retry", "sent", "parked"):
+            self.ledger_updates.labels(status=status)
+        for operation in ("lookup", "update", "unsent_check"):
+            self.ledger_errors.labels(operation=operation)
+
     def register_route(self, route: str) -> None:
         """Create the route's series at zero, so dashboards and alerts see them before any event."""
         for outcome in ("sent", "retry", "error"):

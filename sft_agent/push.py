@@ -17,7 +17,9 @@ import contextlib
 import http.client
 import io
 import json
+import re
 import select
+import socket
 import ssl
 import threading
 import time
@@ -36,6 +38,34 @@ USER_AGENT = "sft-agent/1"
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _MAX_RESPONSE_BODY = 64 * 1024
 _IDLE_REUSE_SECONDS = 4.0
+_EARLY_HEAD_BYTES = 16 * 1024
+_EARLY_HEAD_WAIT = 2.0
+_STATUS_LINE = re.compile(rb"^HTTP/\d(?:\.\d)? (\d{3})(?: (.*))?$")
+
+
+@dataclass
+class _Progress:
+    """Body bytes handed to the socket so far."""
+
+    sent: int = 0
+
+
+@dataclass(frozen=True)
+class _EarlyAnswer:
+    """What a server sent before the whole body was sent (status None: not an HTTP answer)."""
+
+    status: int | None
+    reason: str
+    body: bytes
+    content_type: str = ""
+
+    @classmethod
+    def parse(cls, data: bytes) -> _EarlyAnswer:
+        head, _, body = data.partition(b"\r\n\r\n")
+        match = _STATUS_LINE.match(head.split(b"\r\n", 1)[0])
+        if match is None:
+            return cls(status=None, reason="", body=b"")
+        return cls(status=int(match.group(1)), reason=match.group(2).decode("latin-1").strip(), body=body)
 
 
 @dataclass(frozen=True)
@@ -121,15 +151,19 @@ class HttpPusher:
     def _push(self, handle: io.FileIO, *, name: str, size: int, digest: str, started: float) -> PushResult:
         conn, context = self._connection()
         reusable = False
+        progress = _Progress()
         try:
             assert conn.sock is not None
             with self.stopper.watching(conn.sock):
-                response = self._exchange(conn, handle, name=name, size=size, digest=digest)
+                early = self._exchange(conn, handle, name=name, size=size, digest=digest, progress=progress)
+                if early is not None:
+                    raise self._early_error(early, sent=progress.sent, size=size)
+                response = conn.getresponse()
                 body = response.read(_MAX_RESPONSE_BODY)
                 reusable = not response.will_close and response.isclosed()
             status = response.status
             if 200 <= status < 300:
-                return PushResult(status=status, bytes_sent=size, seconds=time.monotonic() - started)
+                return PushResult(status=status, bytes_sent=progress.sent, seconds=time.monotonic() - started)
             raise self._status_error(response, body)
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             if self.stopper.aborted:
@@ -142,8 +176,21 @@ class HttpPusher:
                 conn.close()
 
     def _exchange(
-        self, conn: http.client.HTTPSConnection, handle: io.FileIO, *, name: str, size: int, digest: str
-    ) -> http.client.HTTPResponse:
+        self,
+        conn: http.client.HTTPSConnection,
+        handle: io.FileIO,
+        *,
+        name: str,
+        size: int,
+        digest: str,
+        progress: _Progress,
+    ) -> _EarlyAnswer | None:
+        """Send the request; an answer that arrived before the last body byte was sent, or None.
+
+        Between chunks the socket is polled (no wait): a server has nothing to say before
+        the whole body is in, so anything it sends by then — even ``200 OK`` — is an early
+        answer, and the file is not delivered whatever it says.
+        """
         conn.putrequest(self.action.method, self.target(name), skip_accept_encoding=True)
         for key, value in self.headers(name=name, size=size, digest=digest):
             conn.putheader(key, value)
@@ -157,30 +204,78 @@ class HttpPusher:
             while remaining:
                 if self.stopper.aborted:
                     raise AbortRequested
+                early = self._answered_already(sock)
+                if early is not None:
+                    return early
                 count = handle.readinto(view[: min(self.chunk_size, remaining)])
                 if not count:
                     raise DeliveryError(
                         errors.FILE_CHANGED, f"file shrank while being sent ({remaining} bytes short)"
                     )
                 sock.sendall(view[:count])
+                progress.sent += count
                 remaining -= count
         except (TimeoutError, OSError) as exc:
             if self.stopper.aborted:
                 raise AbortRequested from exc
-            # The server may have answered and closed early (e.g. 400, 413): prefer its answer.
+            # The server may have answered and closed (e.g. 413) or stopped reading: read its answer.
             early = self._early_response(conn)
             if early is not None:
                 return early
             raise
-        return conn.getresponse()
+        return None
+
+    def _answered_already(self, sock: socket.socket) -> _EarlyAnswer | None:
+        """What the server sent while the body is still going out (None: nothing yet).
+
+        A readable socket may hold only TLS housekeeping (TLS 1.3 session tickets arrive
+        after the handshake): a non-blocking read of it returns no data, and the send goes on.
+        """
+        if not _readable(sock):
+            return None
+        sock.setblocking(False)
+        try:
+            data = sock.recv(_EARLY_HEAD_BYTES)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return None
+        finally:
+            sock.settimeout(self.action.read_timeout)
+        if not data:
+            raise ConnectionResetError("the server closed the connection before the whole body was sent")
+        return _EarlyAnswer.parse(_read_head(sock, data))
 
     @staticmethod
-    def _early_response(conn: http.client.HTTPSConnection) -> http.client.HTTPResponse | None:
+    def _early_response(conn: http.client.HTTPSConnection) -> _EarlyAnswer | None:
         with contextlib.suppress(Exception):
             if conn.sock is not None:
                 conn.sock.settimeout(1.0)
-                return conn.getresponse()
+                response = conn.getresponse()
+                body = b""
+                with contextlib.suppress(Exception):
+                    body = response.read(_MAX_RESPONSE_BODY)
+                return _EarlyAnswer(
+                    status=response.status,
+                    reason=response.reason,
+                    body=body,
+                    content_type=response.getheader("Content-Type") or "",
+                )
         return None
+
+    def _early_error(self, early: _EarlyAnswer, *, sent: int, size: int) -> DeliveryError:
+        if early.status is None:
+            detail = (
+                f"{self.action.method} {self.where} sent something that is not an HTTP answer "
+                f"after {sent} of {size} body bytes"
+            )
+        else:
+            detail = (
+                f"{self.action.method} {self.where} answered {early.status} {early.reason} "
+                f"after {sent} of {size} body bytes: an answer before the whole body is not a delivery"
+            )
+        text = early.body.decode("utf-8", "replace")
+        if text.strip():
+            detail += f": {_printable(text)}"
+        return DeliveryError(errors.EARLY_RESPONSE, detail, status=early.status)
 
     def _status_error(self, response: http.client.HTTPResponse, body: bytes) -> DeliveryError:
         status = response.status
@@ -291,3 +386,31 @@ def _quiet(conn: http.client.HTTPSConnection) -> bool:
     except (OSError, ValueError):
         return False
     return not readable and not (isinstance(sock, ssl.SSLSocket) and sock.pending())
+
+
+def _readable(sock: socket.socket) -> bool:
+    """True if the peer sent something (data, TLS records or a close), without waiting."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
+def _read_head(sock: socket.socket, first: bytes) -> bytes:
+    """``first`` and what follows it, up to the end of the answer's headers (bounded in size and time)."""
+    data = bytearray(first)
+    deadline = time.monotonic() + _EARLY_HEAD_WAIT
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in data and len(data) < _EARLY_HEAD_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            chunk = sock.recv(_EARLY_HEAD_BYTES - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return bytes(data)

@@ -24,6 +24,7 @@ import yaml
 T = TypeVar("T")
 
 CONFIG_ENV = "SFT_AGENT_CONFIG"
+LEDGER_TABLE_ENV = "SFT_AGENT_LEDGER_TABLE"
 DEFAULT_METRICS_PORT = 9091
 MIB = 1024 * 1024
 
@@ -42,6 +43,7 @@ _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _GROUP_REF = re.compile(r"\\(?:g<([^>]*)>|(\d{1,2}))")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 
 
 class SettingsError(ValueError):
@@ -199,6 +201,23 @@ class RouteSettings:
 
 
 @dataclass(frozen=True)
+class LedgerSettings:
+    """Where the agent records each file's fate: the worker's ledger table (docs/exactly-once.md).
+
+    ``sft_root`` is the volume root the worker writes under: a file's ledger key is its
+    path relative to it. Files ``written`` longer than ``unsent_after`` ago and not yet
+    sent are counted every ``unsent_check_interval``. AWS region, endpoint and
+    credentials come from the standard environment (``AWS_REGION``, ``AWS_ENDPOINT_URL``, …).
+    """
+
+    table: str
+    sft_root: Path = Path("/data-egress")
+    unsent_after: float = 3600.0
+    unsent_check_interval: float = 60.0
+    region: str | None = None  # AWS_REGION or AWS_DEFAULT_REGION, read at start
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """Everything ``sft-agent run`` needs. Built by :func:`load_settings`, validated there.
 
@@ -215,6 +234,7 @@ class AgentSettings:
     shutdown_grace: float = 25.0
     chunk_size: int = MIB
     config_path: Path | None = None
+    ledger: LedgerSettings | None = None
 
 
 class _Problems:
@@ -756,9 +776,44 @@ def _check_folders(routes: list[RouteSettings], problems: _Problems) -> None:
                     f"routes[{index}]({route.name}).error_folder",
                     f"is the source of route {other.name!r}: failed files would be sent again",
                 )
+    work_folders: dict[Path, str] = {}
+    for index, route in enumerate(routes):
+        if route.work_folder in work_folders:
+            problems.add(
+                f"routes[{index}]({route.name}).work_folder",
+                f"already the work_folder of route {work_folders[route.work_folder]!r} (one per route)",
+            )
+        work_folders.setdefault(route.work_folder, route.name)
     names = [r.name for r in routes]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.add("routes", f"route name {name!r} is used more than once")
+
+
+def _ledger(raw: object, problems: _Problems, *, environ: Mapping[str, str]) -> LedgerSettings | None:
+    """The ``ledger:`` section; ``SFT_AGENT_LEDGER_TABLE`` alone enables it with the defaults."""
+    env_table = environ.get(LEDGER_TABLE_ENV)
+    if raw is None and not env_table:
+        return None
+    section = _Section(raw, "ledger", problems)
+    table = env_table or section.get("table")
+    section.read.add("table")
+    sft_root = section.typed("sft_root", _absolute_path, Path("/data-egress"))
+    unsent_after = section.typed("unsent_after", _duration_in(0.0, 90 * 86400), 3600.0)
+    interval = section.typed("unsent_check_interval", _duration_in(1.0, 86400), 60.0)
+    section.close()
+    if not isinstance(table, str) or not _TABLE_NAME.match(table):
+        problems.add(
+            "ledger.table",
+            f"required: the ledger table's name (or set {LEDGER_TABLE_ENV}), got {table!r}",
+        )
+        return None
+    return LedgerSettings(
+        table=table,
+        sft_root=sft_root,
+        unsent_after=unsent_after,
+        unsent_check_interval=interval,
+        region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
+    )
 
 
 def build_settings(
@@ -808,6 +863,7 @@ def build_settings(
     log_level = logging_section.get("level", "info")
     logging_section.close()
     shutdown_grace = top.typed("shutdown_grace", _duration_in(0.0, 3600), 25.0)
+    ledger = _ledger(top.get("ledger"), problems, environ=environ)
     top.close()
 
     if environ.get("SFT_AGENT_METRICS_PORT"):
@@ -835,6 +891,7 @@ def build_settings(
         log_level=str(log_level).lower(),
         shutdown_grace=shutdown_grace,
         config_path=config_path,
+        ledger=ledger,
     )
 
 

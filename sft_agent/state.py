@@ -5,6 +5,12 @@ written atomically after every change: attempts made, when the next one is due, 
 actions already succeeded (so a retry never sends twice what was delivered) and the
 SHA-256 of the content. A state belongs to one version of a file: if the size or the
 modification time changed, it is discarded and the new version starts afresh.
+
+The folder is shared by every agent on the working folder, so attempts and the retry
+schedule follow the file, whichever agent claims it. Only the agent holding a file's
+claim writes its state; the others read it when they claim the file
+(:meth:`StateStore.refresh`). Memory is updated before the disk: when the disk is full
+the agent still knows what it did, and says so (``save`` raises, the caller logs).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,8 @@ class FileState:
     digest: str | None = None
     last_reason: str | None = None
     last_detail: str | None = None
+    http_status: int | None = None  # of the last http action that succeeded
+    updated_at: float = 0.0
 
     def matches(self, *, size: int, mtime_ns: int) -> bool:
         """True if this state is about the version of the file with that size and mtime."""
@@ -60,15 +70,19 @@ class FileState:
             digest=raw.get("digest"),
             last_reason=raw.get("last_reason"),
             last_detail=raw.get("last_detail"),
+            http_status=None if raw.get("http_status") is None else int(raw["http_status"]),
+            updated_at=float(raw.get("updated_at", 0.0)),
         )
 
 
 class StateStore:
     """The states of one route, in memory and on disk (the disk is the truth at start-up)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.folder = folder
+        self.clock = clock
         self._states: dict[str, FileState] = {}
+        self._unsaved: set[str] = set()  # names whose last save reached memory only
         self._lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
@@ -98,15 +112,48 @@ class StateStore:
             return self._states.get(name)
 
     def save(self, state: FileState) -> None:
-        """Remember ``state`` (atomically on disk, then in memory)."""
-        write_atomically(self._path(state.name), state.to_json(), mode=0o600)
+        """Remember ``state``: in memory, then atomically on disk (``OSError`` if the disk write fails)."""
+        state.updated_at = max(self.clock(), state.updated_at)
         with self._lock:
             self._states[state.name] = state
+            self._unsaved.add(state.name)
+        write_atomically(self._path(state.name), state.to_json(), mode=0o600)
+        with self._lock:
+            if self._states.get(state.name) is state:
+                self._unsaved.discard(state.name)
+
+    def refresh(self, name: str) -> FileState | None:
+        """The state of ``name`` as it is now on disk (another agent may have written it).
+
+        Called once the file is claimed. What only memory holds (its save failed) wins
+        over an older copy on disk.
+        """
+        try:
+            on_disk: FileState | None = FileState.from_json(self._path(name).read_bytes())
+        except FileNotFoundError:
+            on_disk = None
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.get(name)
+        with self._lock:
+            remembered = self._states.get(name)
+            if (
+                name in self._unsaved
+                and remembered is not None
+                and (on_disk is None or on_disk.updated_at <= remembered.updated_at)
+            ):
+                return remembered
+            if on_disk is None or on_disk.name != name:
+                self._states.pop(name, None)
+                return None
+            self._states[name] = on_disk
+            self._unsaved.discard(name)
+            return on_disk
 
     def drop(self, name: str) -> None:
         """Forget ``name`` (its file was delivered, moved to the error folder or is gone)."""
         with self._lock:
             self._states.pop(name, None)
+            self._unsaved.discard(name)
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
 

@@ -7,6 +7,7 @@ certificates; the agent under test is a separate process.
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
 import threading
 import time
@@ -136,3 +137,72 @@ class FaultyReceiver:
             self._reply(handler, response.status, data, response.getheader("Content-Type") or "text/plain")
         finally:
             conn.close()
+
+
+class EarlyAnswerServer:
+    """An mTLS server that answers ``200 OK`` right after the request headers, before any body.
+
+    ``mode="hold"``: it then reads nothing and holds the connection until the client goes
+    (or the test ends). ``mode="drain"``: it answers early, then reads and discards the body.
+    A raw ``ssl`` socket server (not ``http.server``), so nothing reads the body on its behalf.
+    """
+
+    def __init__(self, *, cert: Path, key: Path, ca: Path, mode: str = "hold") -> None:
+        assert mode in ("hold", "drain"), mode
+        self.mode = mode
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(cert, key)
+        self.tls.load_verify_locations(ca)
+        self.tls.verify_mode = ssl.CERT_REQUIRED
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.requests = 0
+        self.bytes_drained = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> EarlyAnswerServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self.listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            with self.tls.wrap_socket(conn, server_side=True) as tls:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                with self._lock:
+                    self.requests += 1
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+                if self.mode == "hold":
+                    self._stop.wait(60)
+                    return
+                while True:
+                    chunk = tls.recv(1 << 16)
+                    if not chunk:
+                        return
+                    with self._lock:
+                        self.bytes_drained += len(chunk)
+        except OSError:
+            return

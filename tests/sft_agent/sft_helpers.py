@@ -53,6 +53,20 @@ def files_under(folder: Path) -> dict[str, bytes]:
     }
 
 
+def files_outside_work_folder(folder: Path, work: str = ".sft-agent") -> dict[str, bytes]:
+    """Like :func:`files_under`, without the agents' working folder (locks, claims, state)."""
+    return {name: data for name, data in files_under(folder).items() if not name.startswith(work + "/")}
+
+
+def claimed_files(work_folder: Path) -> list[str]:
+    """Every file claimed by any agent on ``work_folder`` (``<agent-id>/claimed/<name>``, old layout too)."""
+    found = []
+    for path in sorted(work_folder.glob("*/claimed/**/*")) + sorted(work_folder.glob("claimed/**/*")):
+        if path.is_file():
+            found.append(path.relative_to(work_folder).as_posix())
+    return found
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """The JSON log lines of a process (other lines ignored)."""
     if not path.exists():

@@ -10,7 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sft_helpers import AgentProc, Pki, ReceiverProc, drop, files_under, route, wait_for
+from sft_helpers import (
+    AgentProc,
+    Pki,
+    ReceiverProc,
+    claimed_files,
+    drop,
+    files_outside_work_folder,
+    files_under,
+    route,
+    wait_for,
+)
 
 from sft_agent.testing import NginxWebdav, find_nginx
 
@@ -63,8 +73,10 @@ def test_two_routes_and_a_copy_fan_out_deliver_byte_identical_files_and_delete_t
     # Deleted from the source once every action succeeded (the working folder is empty too).
     wait_for(
         lambda: (
-            files_under(warehouse).keys() <= {".sft-agent/lock"}
-            and files_under(opsmi).keys() <= {".sft-agent/lock"}
+            files_outside_work_folder(warehouse) == {}
+            and files_outside_work_folder(opsmi) == {}
+            and claimed_files(warehouse / ".sft-agent") == []
+            and claimed_files(opsmi / ".sft-agent") == []
         ),
         timeout=10,
         what="the sources to empty",

@@ -9,7 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sft_faults import FaultyReceiver
-from sft_helpers import AgentProc, Pki, ReceiverProc, drop, files_under, route, wait_for
+from sft_helpers import (
+    AgentProc,
+    Pki,
+    ReceiverProc,
+    claimed_files,
+    drop,
+    files_outside_work_folder,
+    files_under,
+    route,
+    wait_for,
+)
 
 from sft_agent.testing import free_port
 
@@ -60,9 +70,8 @@ def test_receiver_down_for_a_while_then_up_every_file_delivered_once(
         what="every file after the receiver came up",
     )
     wait_for(lambda: len(agent.events("file_sent")) == len(bodies), timeout=5, what="every file_sent")
-    assert files_under(source) == {".sft-agent/lock": files_under(source)[".sft-agent/lock"]}, (
-        "source not empty"
-    )
+    assert files_outside_work_folder(source) == {}, "source not empty"
+    assert claimed_files(source / ".sft-agent") == []
     for name in bodies:
         assert len(receiver.received(name)) == 1, f"{name} received more than once"
     assert files_under(tmp_path / "err") == {}

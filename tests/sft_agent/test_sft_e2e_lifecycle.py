@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sft_faults import FaultyReceiver
-from sft_helpers import AgentProc, Pki, ReceiverProc, drop, files_under, route, wait_for
+from sft_helpers import AgentProc, Pki, ReceiverProc, claimed_files, drop, files_under, route, wait_for
 
 
 def faulty(pki: Pki, *, upstream: ReceiverProc | None, default: str) -> FaultyReceiver:
@@ -50,7 +50,8 @@ def test_kill_9_mid_send_then_restart_delivers_exactly_one_copy(
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
     assert not receiver.received("big.bin"), "precondition: the kill came before the upload finished"
-    assert (source / ".sft-agent" / "claimed" / "big.bin").exists(), "the file was claimed when killed"
+    (claimed,) = claimed_files(source / ".sft-agent")
+    assert claimed.endswith("/claimed/big.bin"), "the file was claimed when killed"
     wait_for(lambda: receiver.events("upload_incomplete"), timeout=10, what="the receiver to drop the upload")
 
     second = start_agent(routes)
@@ -116,7 +117,10 @@ def test_grace_period_over_aborts_the_send_and_puts_the_file_back(
         assert agent.wait(15) == 0
         assert time.monotonic() - started < 8
     assert (source / "stuck.bin").exists(), "put back untouched"
-    assert not (source / ".sft-agent" / "claimed" / "stuck.bin").exists()
+    assert claimed_files(source / ".sft-agent") == []
+    assert not (source / ".sft-agent").exists() or [p.name for p in (source / ".sft-agent").iterdir()] == [
+        "state"
+    ], "a clean stop removes the agent's own folder"
     assert files_under(tmp_path / "err") == {}
     assert agent.events("grace_period_over") and agent.events("send_aborted", file="stuck.bin")
     assert not agent.events("attempt_failed"), "an abort is not a failed attempt"

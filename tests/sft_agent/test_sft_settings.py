@@ -249,3 +249,50 @@ def test_missing_or_unparseable_config_file(tmp_path: Path) -> None:
         load_settings(config_file=bad, environ={})
     with pytest.raises(SettingsError, match="cannot read"):
         load_settings(environ={"SFT_AGENT_CONFIG": str(tmp_path / "absent.yaml")})
+
+
+# -- the ledger section ------------------------------------------------------------------
+
+
+def test_the_ledger_is_off_by_default_and_the_environment_alone_enables_it_with_defaults() -> None:
+    assert build_settings(valid(), environ={}).ledger is None
+    ledger = build_settings(
+        valid(), environ={"SFT_AGENT_LEDGER_TABLE": "data-egress-ledger", "AWS_REGION": "eu-west-2"}
+    ).ledger
+    assert ledger is not None
+    assert (ledger.table, ledger.sft_root, ledger.region) == (
+        "data-egress-ledger",
+        Path("/data-egress"),
+        "eu-west-2",
+    )
+    assert (ledger.unsent_after, ledger.unsent_check_interval) == (3600.0, 60.0)
+
+
+def test_the_ledger_section_is_validated_key_by_key() -> None:
+    document = valid() | {
+        "ledger": {
+            "table": "ledger",
+            "sft_root": "/srv/sft",
+            "unsent_after": "2h",
+            "unsent_check_interval": "30s",
+        }
+    }
+    ledger = build_settings(document, environ={}).ledger
+    assert ledger is not None and ledger.sft_root == Path("/srv/sft") and ledger.unsent_after == 7200.0
+    bad = valid() | {"ledger": {"sft_root": "relative", "unsent_check_interval": "0s", "tabel": "x"}}
+    problems = problems_of(bad)
+    assert any(p.startswith("ledger.table: required") for p in problems), problems
+    assert any(p.startswith("ledger.sft_root: must be an absolute path") for p in problems), problems
+    assert any(p.startswith("ledger.unsent_check_interval: must be between") for p in problems), problems
+    assert any(p.startswith("ledger.tabel: unknown key (did you mean 'table'?)") for p in problems), problems
+
+
+def test_two_routes_may_not_share_a_work_folder() -> None:
+    document = valid()
+    second = copy.deepcopy(document["routes"][0]) | {
+        "name": "other",
+        "source": "/data-egress/other/",
+        "work_folder": "/data-egress/warehouse/.sft-agent",
+    }
+    document["routes"].append(second)
+    assert any("already the work_folder of route 'warehouse'" in p for p in problems_of(document))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sft_agent.actions import apply_rename, is_safe_name
-from sft_agent.claims import ClaimError, ClaimFolder
+from sft_agent.claims import ClaimFolder
 from sft_agent.errors import DeliveryError
 from sft_agent.files import is_hidden_or_temp
 from sft_agent.push import filename_header_value, put_target
@@ -223,7 +223,7 @@ def test_the_file_name_header_is_plain_ascii_with_percent_escapes_only_where_nee
 
 def test_claim_put_back_and_a_newer_file_is_never_overwritten(tmp_path: Path) -> None:
     source = tmp_path / "in"
-    claims = ClaimFolder(source=source, work_folder=source / ".sft-agent")
+    claims = ClaimFolder(source=source, work_folder=source / ".sft-agent", agent_id="host-1-aaaaaa")
     claims.open()
     try:
         (source / "a").write_bytes(b"old")
@@ -243,17 +243,63 @@ def test_claim_put_back_and_a_newer_file_is_never_overwritten(tmp_path: Path) ->
         claims.close()
 
 
-def test_one_agent_per_working_folder(tmp_path: Path) -> None:
-    first = ClaimFolder(source=tmp_path / "in", work_folder=tmp_path / "in" / ".w")
-    second = ClaimFolder(source=tmp_path / "in", work_folder=tmp_path / "in" / ".w")
+def test_several_agents_share_a_working_folder_and_a_race_for_a_file_has_one_winner(tmp_path: Path) -> None:
+    source, work = tmp_path / "in", tmp_path / "in" / ".w"
+    first = ClaimFolder(source=source, work_folder=work, agent_id="a-1-000001")
+    second = ClaimFolder(source=source, work_folder=work, agent_id="b-2-000002")
     first.open()
+    second.open()
     try:
-        with pytest.raises(ClaimError, match="in use by another running agent"):
-            second.open()
+        assert sorted(p.name for p in work.iterdir()) == ["a-1-000001", "b-2-000002", "state"]
+        (source / "x").write_bytes(b"x")
+        won = [c for c in (first.claim("x"), second.claim("x")) if c is not None]
+        assert len(won) == 1 and won[0].path == work / "a-1-000001" / "claimed" / "x"
+        # Both agents are alive: neither folder may be taken over.
+        assert list(second.gone_agents(min_age=0.0)) == []
+        assert first.claimed_anywhere("x") and second.claimed_anywhere("x")
+        assert first.put_back(won[0])
     finally:
         first.close()
-    second.open()
-    second.close()
+        second.close()
+    assert sorted(p.name for p in work.iterdir()) == ["state"], "a clean close removes the agent's folder"
+
+
+def test_the_claims_of_an_agent_that_is_gone_are_taken_over_old_layout_included(tmp_path: Path) -> None:
+    source, work = tmp_path / "in", tmp_path / "in" / ".w"
+    dead = ClaimFolder(source=source, work_folder=work, agent_id="dead-1-000001")
+    live = ClaimFolder(source=source, work_folder=work, agent_id="live-2-000002")
+    dead.open()
+    live.open()
+    try:
+        (source / "sub").mkdir()
+        (source / "sub" / "a").write_bytes(b"a")
+        assert dead.claim("sub/a") is not None
+        # A single-agent (earlier version) leftover, its lock free.
+        (work / "claimed").mkdir()
+        (work / "claimed" / "old").write_bytes(b"old")
+        (work / "lock").touch()
+        listed = list(live.gone_agents(min_age=0.0))
+        assert [g.agent_id for g in listed] == ["(single-agent layout)"], "`dead` still holds its lock"
+        for g in listed:
+            g.release()
+        assert (work / "dead-1-000001").is_dir()
+        os.close(dead._lock_fd)  # the process dies: its lock goes with it
+        dead._lock_fd = None
+        gone = list(live.gone_agents(min_age=3600.0))
+        assert [g.agent_id for g in gone] == ["(single-agent layout)"], "too young to take over"
+        for g in gone:
+            g.release()
+        taken = 0
+        for g in live.gone_agents(min_age=0.0):
+            for name, path in list(g.files()):
+                assert live.put_back_path(name, path)
+                taken += 1
+            assert g.remove()
+        assert taken == 2
+        assert (source / "sub" / "a").read_bytes() == b"a" and (source / "old").read_bytes() == b"old"
+        assert sorted(p.name for p in work.iterdir()) == ["live-2-000002", "lock", "state"]
+    finally:
+        live.close()
 
 
 def test_state_survives_a_new_store_and_is_tied_to_one_version(tmp_path: Path) -> None:
