@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,7 +224,9 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
     if fmt == "envelope":
         from egress.transforms.encrypt import envelope_encrypt
 
-        metadata, ciphertext = envelope_encrypt(bench.kms, key_id=bench.key_arn, chunks=encrypted_chunks(size))
+        metadata, ciphertext = envelope_encrypt(
+            bench.kms, key_id=bench.key_arn, chunks=encrypted_chunks(size)
+        )
         bench.s3.upload_fileobj(
             IterFile(ciphertext), "src", key, ExtraArgs={"Metadata": metadata}, Config=transfer
         )
@@ -242,7 +245,9 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
     # What aws-encryption-cli writes (default suite, 4 KiB frames), through a file on disk.
     message = bench.workdir / "message.esdk"
     with message.open("wb") as out:
-        esdk_encrypt_stream(bench.kms, key_arn=bench.key_arn, source=IterFile(encrypted_chunks(size)), dest=out)
+        esdk_encrypt_stream(
+            bench.kms, key_arn=bench.key_arn, source=IterFile(encrypted_chunks(size)), dest=out
+        )
     bench.s3.upload_file(str(message), "src", key, Config=transfer)
     message.unlink()
 
@@ -306,7 +311,7 @@ def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
         print(f"   {'  (flag upload to delivered)':<34}{wall:>9.2f}{mb / wall:>9.0f}")
 
 
-def bench_many(bench: Bench, count: int) -> None:
+def bench_many(bench: Bench, count: int, *, rounds: int = 3) -> None:
     payload = os.urandom(64 * 1024)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -326,30 +331,50 @@ def bench_many(bench: Bench, count: int) -> None:
     )
     s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).with_name("s5cmd"))
     env = {**bench.env, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
-    started = time.monotonic()
-    subprocess.run(
-        [s5cmd, "--endpoint-url", bench.endpoint, "cp", "s3://src/many/*", "s3://dst/many-s5cmd/"],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    s5_seconds = time.monotonic() - started
-    worker, log, _ = bench.start_worker()
-    started = time.monotonic()
-    bench.s3.put_object(Bucket="src", Key="many/" + FLAG, Body=b"")
-    (line,) = bench.wait_line(log, "route delivered", 1)
-    wall = time.monotonic() - started
-    rss = peak_rss_mib(worker.pid)
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(60)
-    assert line["objects"] == count, line
-    print(f"\n2. {count} x 64 KiB objects, S3 -> S3 on the same moto server")
-    print(f"   {'tool':<34}{'seconds':>9}{'objects/s':>11}{'peak RSS MiB':>14}")
-    print(f"   {'s5cmd cp (peer)':<34}{s5_seconds:>9.2f}{count / s5_seconds:>11.0f}{'-':>14}")
+    rows: list[tuple[float, float, float, float]] = []
+    for round_number in range(1, rounds + 1):
+        started = time.monotonic()
+        subprocess.run(
+            [
+                s5cmd,
+                "--endpoint-url",
+                bench.endpoint,
+                "cp",
+                "s3://src/many/*",
+                f"s3://dst/many-s5cmd-{round_number}/",
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        s5_seconds = time.monotonic() - started
+        worker, log, _ = bench.start_worker()
+        started = time.monotonic()
+        # Each round is a new upload of the flag: a new delivery, recorded object by object.
+        bench.s3.put_object(Bucket="src", Key="many/" + FLAG, Body=b"")
+        (line,) = bench.wait_line(log, "route delivered", 1)
+        wall = time.monotonic() - started
+        rss = peak_rss_mib(worker.pid)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        assert line["objects"] == count, line
+        rows.append((s5_seconds, float(line["seconds"]), wall, rss))
+    print(f"\n2. {count} x 64 KiB objects, S3 -> S3 on the same moto server, {rounds} rounds")
     print(
-        f"   {'worker (route delivery)':<34}{line['seconds']:>9.2f}{count / line['seconds']:>11.0f}{rss:>14.0f}"
+        f"   {'round':<8}{'s5cmd s':>10}{'worker s':>10}{'ratio':>8}{'flag->done s':>14}{'peak RSS MiB':>14}"
     )
-    print(f"   {'worker (flag upload to delivered)':<34}{wall:>9.2f}{count / wall:>11.0f}")
+    for number, (s5_seconds, seconds, wall, rss) in enumerate(rows, start=1):
+        print(
+            f"   {number:<8}{s5_seconds:>10.2f}{seconds:>10.2f}{seconds / s5_seconds:>8.2f}{wall:>14.2f}{rss:>14.0f}"
+        )
+    ratios = sorted(seconds / s5_seconds for s5_seconds, seconds, _, _ in rows)
+    s5_all = sorted(row[0] for row in rows)
+    worker_all = sorted(row[1] for row in rows)
+    print(
+        f"   median  s5cmd {statistics.median(s5_all):.2f} s ({s5_all[0]:.2f}-{s5_all[-1]:.2f}), "
+        f"worker {statistics.median(worker_all):.2f} s ({worker_all[0]:.2f}-{worker_all[-1]:.2f}), "
+        f"ratio {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
 
 
 def main() -> int:
@@ -357,6 +382,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--only", choices=["decrypt", "many"], default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the many-objects comparison")
     parser.add_argument(
         "--formats", default="envelope,esdk,s3ec", help="encrypted formats to decrypt (envelope, esdk, s3ec)"
     )
@@ -369,7 +395,7 @@ def main() -> int:
                 for fmt in args.formats.split(","):
                     bench_decrypt(bench, args.size_mib * 1024 * 1024, fmt.strip())
             if args.only in (None, "many"):
-                bench_many(bench, args.objects)
+                bench_many(bench, args.objects, rounds=args.rounds)
         finally:
             bench.close()
     return 0

@@ -992,9 +992,19 @@ def agent_config(
     certs: Path,
     metrics_port: int,
     metrics_host: str = "127.0.0.1",
+    ledger_table: str | None = None,
 ) -> dict[str, Any]:
-    """The SFT agent's YAML for the local stack: each folder pushed to the receiver."""
-    return {
+    """The SFT agent's YAML for the local stack: each folder pushed to the receiver.
+
+    With ``ledger_table`` the agent records each file's fate there (sent, parked), so
+    ``egress history --files`` shows it.
+    """
+    ledger = (
+        {"ledger": {"table": ledger_table, "sft_root": str(sft_root), "unsent_check_interval": "10s"}}
+        if ledger_table
+        else {}
+    )
+    return ledger | {
         "tls": {
             "client_cert": str(certs / CLIENT_CERT),
             "client_key": str(certs / CLIENT_KEY),
@@ -1247,6 +1257,7 @@ class LocalStack:
                 certs=certs,
                 metrics_port=agent_port,
                 metrics_host=options.host,
+                ledger_table=resources.ledger_table,
             )
             _write_atomically(agent_config_path, yaml.safe_dump(config, sort_keys=False))
             self.children.append(
@@ -1256,7 +1267,14 @@ class LocalStack:
                     log_path=logs / "sft-agent.log",
                     ready=lambda: http_ok(f"http://{near}:{agent_port}/healthz"),
                     where=f"http://{near}:{agent_port}/healthz",
-                    env=child_env({"SFT_AGENT_CONFIG": str(agent_config_path)}, base=base),
+                    env=child_env(
+                        {
+                            "SFT_AGENT_CONFIG": str(agent_config_path),
+                            "AWS_ENDPOINT_URL": endpoint,
+                            "AWS_REGION": resources.region,
+                        },
+                        base=base,
+                    ),
                 )
             )
         for child in self.children:

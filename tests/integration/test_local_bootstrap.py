@@ -90,7 +90,11 @@ def test_bootstrap_creates_every_resource(aws: AwsClients, resources: local.Loca
         "pipeline_name": "RANGE",
     }
     ledger = aws.dynamodb.describe_table(TableName=r.ledger_table)["Table"]
-    assert ledger["KeySchema"] == [{"AttributeName": "delivery_id", "KeyType": "HASH"}]
+    assert ledger["KeySchema"] == [
+        {"AttributeName": "delivery_id", "KeyType": "HASH"},
+        {"AttributeName": "record", "KeyType": "RANGE"},
+    ]
+    assert {index["IndexName"] for index in ledger["GlobalSecondaryIndexes"]} == {"by_sft_path", "unsent"}
     ttl = aws.dynamodb.describe_time_to_live(TableName=r.ledger_table)["TimeToLiveDescription"]
     assert ttl.get("AttributeName") == "expires_at"
 
