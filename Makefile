@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration e2e bench clean
+.PHONY: run test lint unit integration e2e bench clean chaos
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(PY) -m pytest -q tests/e2e
+
+## chaos: exactly-once under SIGKILL: two workers killed 20 times at random (CHAOS_SEED=n repeats a timetable)
+chaos: $(STAMP)
+	CHAOS_KILLS=$${CHAOS_KILLS:-20} $(PY) -m pytest -q -s -k chaos tests/e2e/test_chaos.py
 
 ## bench: benchmarks (on demand, not part of the tests); needs the bench extras
 bench: $(STAMP)

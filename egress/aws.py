@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import (
+    CredentialProvider,
+    CredentialResolver,
+    DeferredRefreshableCredentials,
+    RefreshableCredentials,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -59,16 +68,115 @@ class AwsClients:
     session: boto3.session.Session
     config: AwsConfig
 
-    def s3_for_role(self, credentials: dict[str, Any]) -> S3Client:
-        """An S3 client using temporary credentials from ``sts:AssumeRole``."""
-        return self.session.client(
-            "s3",
-            endpoint_url=self.config.endpoint_url,
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-            config=self.config.botocore_config(),
+    def s3_for_role(
+        self,
+        credentials: Mapping[str, Any],
+        *,
+        role_arn: str | None = None,
+        session_name: str | None = None,
+        duration_seconds: int = 3600,
+    ) -> S3Client:
+        """An S3 client using temporary credentials from ``sts:AssumeRole``.
+
+        With ``role_arn`` (and ``session_name``) the client renews them itself, by
+        assuming the role again before they expire, so an upload that outlives one
+        session never meets ``ExpiredToken``; without, they are used until they lapse.
+        """
+        if role_arn is None:
+            return self.session.client(
+                "s3",
+                endpoint_url=self.config.endpoint_url,
+                aws_access_key_id=credentials["AccessKeyId"],
+                aws_secret_access_key=credentials["SecretAccessKey"],
+                aws_session_token=credentials["SessionToken"],
+                config=self.config.botocore_config(),
+            )
+        refresh = assume_role_refresher(
+            self.sts,
+            role_arn=role_arn,
+            session_name=session_name or "data-egress",
+            duration_seconds=duration_seconds,
         )
+        session = refreshable_session(
+            refresh, region=self.config.region, initial=credentials_metadata(credentials)
+        )
+        client: S3Client = session.client(
+            "s3", endpoint_url=self.config.endpoint_url, config=self.config.botocore_config()
+        )
+        return client
+
+
+# -- temporary credentials that renew themselves ----------------------------------------
+RefreshFunction = Callable[[], Mapping[str, Any]]
+"""Returns new credentials in botocore's shape: ``access_key``, ``secret_key``, ``token``,
+``expiry_time`` (ISO 8601) — see :func:`credentials_metadata`."""
+
+_REFRESHING_METHOD = "egress-assume-role"
+
+
+def credentials_metadata(credentials: Mapping[str, Any]) -> dict[str, str]:
+    """STS ``Credentials`` (``AccessKeyId``, …, ``Expiration``) in the shape botocore refreshes from."""
+    expiration = credentials["Expiration"]
+    return {
+        "access_key": str(credentials["AccessKeyId"]),
+        "secret_key": str(credentials["SecretAccessKey"]),
+        "token": str(credentials["SessionToken"]),
+        "expiry_time": expiration.isoformat() if isinstance(expiration, datetime) else str(expiration),
+    }
+
+
+def assume_role_refresher(
+    sts: STSClient, *, role_arn: str, session_name: str, duration_seconds: int = 3600
+) -> RefreshFunction:
+    """A refresh function that assumes ``role_arn`` again through ``sts`` (the caller's own
+    credentials). Its errors propagate to the call that needed the credentials, where they
+    are translated like any other (``AccessDenied`` if the role's trust was withdrawn)."""
+
+    def refresh() -> Mapping[str, Any]:
+        response = sts.assume_role(
+            RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=duration_seconds
+        )
+        return credentials_metadata(response["Credentials"])
+
+    return refresh
+
+
+class _GivenCredentials(CredentialProvider):
+    """A credential provider handing out one credentials object (the chain's only link)."""
+
+    METHOD = _REFRESHING_METHOD
+
+    def __init__(self, credentials: RefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> RefreshableCredentials:
+        return self._credentials
+
+
+def refreshable_session(
+    refresh: RefreshFunction, *, region: str, initial: Mapping[str, Any] | None = None
+) -> boto3.session.Session:
+    """A session whose credentials renew themselves through ``refresh`` before they expire.
+
+    ``initial`` (botocore's shape) is used until it nears expiry; without it the first
+    request calls ``refresh``. botocore renews 15 minutes before the expiry (one thread
+    refreshes, the others keep signing with the old credentials) and, from 10 minutes
+    before it, makes every caller wait for the new ones. Each request is signed with the
+    credentials current at that moment, so a client built from the session is never
+    rebuilt, and an upload outliving one set of credentials goes on with the next.
+    """
+    credentials: RefreshableCredentials
+    if initial is None:
+        credentials = DeferredRefreshableCredentials(refresh_using=refresh, method=_REFRESHING_METHOD)
+    else:
+        credentials = RefreshableCredentials.create_from_metadata(
+            dict(initial), refresh_using=refresh, method=_REFRESHING_METHOD
+        )
+    core = botocore.session.Session()
+    # A resolver with one provider: the public way to give a botocore session credentials.
+    core.register_component("credential_provider", CredentialResolver([_GivenCredentials(credentials)]))
+    return boto3.session.Session(botocore_session=core, region_name=region)
 
 
 def emulator_session(region: str) -> boto3.session.Session:

@@ -291,7 +291,7 @@ class RouteDelivery:
                 if record.status == UPLOADING and record.mpu_id:
                     self._abort_recorded_upload(route, record)
             if lease.taken_over:
-                self._abort_orphan_uploads(run, items, done, since=lease.taken_over_started)
+                self._abort_orphan_uploads(run, items, done)
         if done:
             log.info("resuming a delivery", done=len(done), planned=len(items))
         return done
@@ -345,9 +345,15 @@ class RouteDelivery:
             raise translate_client_error(exc, doing=f"aborting the upload of {record.name}") from exc
 
     def _abort_orphan_uploads(
-        self, run: _RouteRun, items: list[DeliveryItem], done: dict[str, ObjectRecord], *, since: float | None
+        self, run: _RouteRun, items: list[DeliveryItem], done: dict[str, ObjectRecord]
     ) -> None:
-        """Abort uploads a dead claim opened but could not record (killed in between)."""
+        """Abort open uploads to the keys this claim is about to write.
+
+        They are a dead claim's, opened but not recorded (it was killed in between). The
+        upload's ``Initiated`` time cannot tell whose it is (the emulator reports a fixed
+        date), and it does not need to: this claim is about to write each of these keys, so
+        any other upload to one of them is a stale writer's.
+        """
         route = run.match.route
         wanted = {item.destination_name for item in items if item.destination_name not in done}
         if not wanted:
@@ -358,11 +364,8 @@ class RouteDelivery:
             paginator = writer.s3.get_paginator("list_multipart_uploads")
             for page in paginator.paginate(Bucket=bucket, Prefix=run.match.destination_prefix):
                 for upload in page.get("Uploads", []):
-                    initiated = upload.get("Initiated")
                     if upload.get("Key") not in wanted:
                         continue
-                    if since is not None and initiated is not None and initiated.timestamp() < since - 300:
-                        continue  # older than the lapsed claim: not its upload
                     writer.s3.abort_multipart_upload(
                         Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )

@@ -46,6 +46,8 @@ IN_PROGRESS_ELSEWHERE: Final = "in_progress_elsewhere"
 LEASE_LOST: Final = "lease_lost"
 SHUTDOWN: Final = "shutdown"
 TRANSIENT: Final = "transient"
+CREDENTIALS_EXPIRED: Final = "credentials_expired"
+REQUEST_TIMEOUT: Final = "request_timeout"
 
 
 class EgressError(Exception):
@@ -97,9 +99,13 @@ _ACCESS_DENIED_CODES: Final = frozenset(
         "UnrecognizedClientException",
         "KMS.AccessDeniedException",
         "InvalidClientTokenId",
-        "ExpiredToken",
     }
 )
+# Temporary credentials that lapsed mid-way (a long upload outliving an assumed role's
+# session): new credentials make the same request pass, so never ``access_denied``.
+_EXPIRED_CREDENTIALS_CODES: Final = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+# The service gave up waiting for the request's bytes (a slow or stalled sender).
+_REQUEST_TIMEOUT_CODES: Final = frozenset({"RequestTimeout", "RequestTimeoutException"})
 _MISSING_CODES: Final = frozenset({"NoSuchKey", "NotFound", "404"})
 _MISSING_BUCKET_CODES: Final = frozenset({"NoSuchBucket", "ResourceNotFoundException"})
 
@@ -128,6 +134,13 @@ def translate_client_error(exc: BaseException, *, doing: str) -> EgressError:
         message = str(exc.response.get("Error", {}).get("Message", ""))[:200]
         if code in _THROTTLING_CODES or status == 429:
             return RetryableError(THROTTLED, f"{doing}: throttled ({code})")
+        # Before the 403 test below: S3 answers an expired token with 400, STS and others with 403.
+        if code in _EXPIRED_CREDENTIALS_CODES:
+            return RetryableError(CREDENTIALS_EXPIRED, f"{doing}: temporary credentials expired ({code})")
+        if code in _REQUEST_TIMEOUT_CODES:
+            return RetryableError(
+                REQUEST_TIMEOUT, f"{doing}: the service timed out reading the request ({code})"
+            )
         if code in _ACCESS_DENIED_CODES or status == 403:
             return PermanentError(ACCESS_DENIED, f"{doing}: access denied ({code})")
         if code in _MISSING_BUCKET_CODES:

@@ -586,7 +586,7 @@ class ProgressLog:
     they are recorded before they become visible, see :meth:`record_now`).
     """
 
-    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 1.0) -> None:
+    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 0.25) -> None:
         self._ledger = ledger
         self._key = key
         self._batch = batch

@@ -3,6 +3,11 @@
 Accepted bodies: an S3 event notification (keys URL-encoded, ``+`` is a space), the
 same wrapped in an SNS envelope, and an EventBridge "Object Created" event (keys not
 encoded). Test events and keys that are not the flag are ignored.
+
+Bodies come from whoever can send to the queue, so parsing is bounded: a body over SQS's
+size limit, nested deeper than any accepted shape needs, not valid UTF-8 or of the
+wrong shape is a :class:`MalformedMessage` (dead-lettered at once), never another
+exception (which the worker would retry as an internal error).
 """
 
 from __future__ import annotations
@@ -11,8 +16,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_plus
+
+MAX_BODY_BYTES: Final = 256 * 1024
+"""SQS's limit for one message; a longer body did not come through SQS as sent."""
+MAX_DEPTH: Final = 32
+"""Deepest JSON nesting accepted; the accepted shapes need five levels."""
 
 
 @dataclass(frozen=True)
@@ -53,18 +63,33 @@ def _parse_time(value: object) -> datetime:
         raise MalformedMessage("event time missing")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: year 1 with a positive offset
         raise MalformedMessage(f"event time {value[:40]!r} is not ISO 8601") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _require_str(mapping: Mapping[str, Any], name: str, where: str) -> str:
     value = mapping.get(name)
     if not isinstance(value, str) or not value:
         raise MalformedMessage(f"{where}.{name} missing or not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a \ud800 escape
+        raise MalformedMessage(f"{where}.{name} is not valid Unicode") from exc
     return value
+
+
+def _optional_str(mapping: Mapping[str, Any], name: str) -> str | None:
+    value = mapping.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _optional_size(mapping: Mapping[str, Any]) -> int | None:
+    value = mapping.get("size")
+    # bool is an int to Python, not a size to S3
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _from_s3_record(record: object, index: int) -> FlagEvent:
@@ -82,16 +107,19 @@ def _from_s3_record(record: object, index: int) -> FlagEvent:
     obj = s3["object"]
     raw_key = _require_str(obj, "key", f"{where}.s3.object")
     # S3 URL-encodes keys in notifications, '+' standing for a space; moto also
-    # encodes '/' as %2F. unquote_plus handles both.
-    key = unquote_plus(raw_key)
-    size = obj.get("size")
+    # encodes '/' as %2F. unquote_plus handles both. S3 keys are UTF-8, so escapes that
+    # decode to anything else are malformed, not replaced by U+FFFD (another key).
+    try:
+        key = unquote_plus(raw_key, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage(f"{where}.s3.object.key decodes to bytes that are not UTF-8") from exc
     return FlagEvent(
         bucket=bucket,
         key=key,
         event_time=_parse_time(record.get("eventTime")),
-        sequencer=obj.get("sequencer") if isinstance(obj.get("sequencer"), str) else None,
-        version_id=obj.get("versionId") if isinstance(obj.get("versionId"), str) else None,
-        size=size if isinstance(size, int) else None,
+        sequencer=_optional_str(obj, "sequencer"),
+        version_id=_optional_str(obj, "versionId"),
+        size=_optional_size(obj),
     )
 
 
@@ -103,34 +131,83 @@ def _from_eventbridge(body: Mapping[str, Any]) -> FlagEvent:
     obj = detail.get("object")
     if not isinstance(bucket_info, dict) or not isinstance(obj, dict):
         raise MalformedMessage("EventBridge detail.bucket/object missing")
-    size = obj.get("size")
     return FlagEvent(
         bucket=_require_str(bucket_info, "name", "detail.bucket"),
         key=_require_str(obj, "key", "detail.object"),  # EventBridge keys are not encoded
         event_time=_parse_time(body.get("time")),
-        sequencer=obj.get("sequencer") if isinstance(obj.get("sequencer"), str) else None,
-        version_id=obj.get("version-id") if isinstance(obj.get("version-id"), str) else None,
-        size=size if isinstance(size, int) else None,
+        sequencer=_optional_str(obj, "sequencer"),
+        version_id=_optional_str(obj, "version-id"),
+        size=_optional_size(obj),
     )
 
 
-def parse_body(body: str, *, flag_name: str) -> list[FlagEvent] | Ignored:
+def _load_object(body: str | bytes, *, what: str) -> dict[str, Any]:
+    """``body`` parsed as one JSON object, within the size and nesting limits."""
+    # Every character is at least one byte: an over-long str needs no encoding to be refused.
+    if isinstance(body, bytes) or len(body) > MAX_BODY_BYTES:
+        size = len(body)
+    else:
+        try:
+            size = len(body.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise MalformedMessage(f"{what} holds a lone surrogate (not valid Unicode)") from exc
+    if size > MAX_BODY_BYTES:
+        raise MalformedMessage(f"{what} is {size} bytes, over the {MAX_BODY_BYTES}-byte limit of an SQS message")
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage(f"{what} is not valid UTF-8 (byte {exc.start})") from exc
+    too_deep = f"{what} nests JSON deeper than {MAX_DEPTH} levels"
+    try:
+        parsed = json.loads(body)
+    except RecursionError as exc:  # the C decoder stops at the interpreter's recursion limit
+        raise MalformedMessage(too_deep) from exc
+    except (ValueError, TypeError) as exc:
+        raise MalformedMessage(f"{what} is not JSON ({exc.__class__.__name__})") from exc
+    if not isinstance(parsed, dict):
+        raise MalformedMessage(f"{what} is not a JSON object")
+    # Nesting cannot exceed the number of brackets: ordinary events skip the walk.
+    if body.count("[") + body.count("{") > MAX_DEPTH and _deeper_than(parsed, MAX_DEPTH):
+        raise MalformedMessage(too_deep)
+    return parsed
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels in ``value``; a loop, not recursion."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_body(body: str | bytes, *, flag_name: str) -> list[FlagEvent] | Ignored:
     """Turn one SQS body into the flag uploads it announces.
 
     Returns :class:`Ignored` for test events and for bodies whose keys are none of them
-    the flag; raises :class:`MalformedMessage` for anything that is not an accepted shape.
+    the flag; raises :class:`MalformedMessage` — and nothing else — for anything that is
+    not an accepted shape, including bodies over :data:`MAX_BODY_BYTES`, nested deeper
+    than :data:`MAX_DEPTH` or not valid UTF-8.
     """
-    try:
-        parsed = json.loads(body)
-    except (ValueError, TypeError) as exc:
-        raise MalformedMessage(f"body is not JSON ({exc.__class__.__name__})") from exc
-    if not isinstance(parsed, dict):
-        raise MalformedMessage("body is not a JSON object")
+    parsed = _load_object(body, what="body")
     if parsed.get("Type") == "Notification" and "Message" in parsed:
         inner = parsed["Message"]
         if not isinstance(inner, str):
             raise MalformedMessage("SNS envelope Message is not a string")
-        return parse_body(inner, flag_name=flag_name)
+        # One envelope only: S3 → SNS → SQS never wraps twice.
+        parsed = _load_object(inner, what="SNS envelope Message")
+        if parsed.get("Type") == "Notification":
+            raise MalformedMessage("SNS envelope Message is itself an SNS envelope")
+    return _events(parsed, flag_name=flag_name)
+
+
+def _events(parsed: dict[str, Any], *, flag_name: str) -> list[FlagEvent] | Ignored:
     if parsed.get("Event") == "s3:TestEvent":
         return Ignored("s3:TestEvent")
     events: list[FlagEvent]
@@ -146,7 +223,7 @@ def parse_body(body: str, *, flag_name: str) -> list[FlagEvent] | Ignored:
             events.append(_from_s3_record(record, index))
     elif parsed.get("source") == "aws.s3" and "detail" in parsed:
         if parsed.get("detail-type") not in (None, "Object Created"):
-            return Ignored(f"EventBridge {parsed.get('detail-type')!r} event")
+            return Ignored(f"EventBridge {str(parsed.get('detail-type'))[:80]!r} event")
         events = [_from_eventbridge(parsed)]
     else:
         raise MalformedMessage("neither an S3 notification, an SNS envelope nor an EventBridge event")

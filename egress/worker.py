@@ -348,6 +348,9 @@ class Worker:
                     event, match, upload_id=upload_id, cancel=entry.cancel, on_lease=on_lease
                 )
                 delivered += 0 if result.skipped else 1
+            except LeaseHeld as exc:
+                log.info("route held by another worker", detail=exc.detail)
+                retryable.append(exc)
             except RetryableError as exc:
                 log.warning("route failed, will retry", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="retryable", reason=exc.reason).inc()
