@@ -137,3 +137,56 @@ def test_sigterm_mid_object_releases_everything_and_restart_completes(
         body = (stack.sft_root / "big" / "big.bin.gz").read_bytes()
     assert gzip.decompress(body) == payload
     assert restarted.stop() == 0
+
+
+def test_duplicates_arriving_while_a_live_worker_delivers_never_reach_the_dlq(
+    aws: AwsClients,
+    moto_endpoint: str,
+    tmp_path: Path,
+    unique: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A duplicate is put back as a new message while the delivery's claim is held: its receive
+    count never walks into the redrive policy (here 2 receives), however long the delivery takes."""
+    (tmp_path / "dup").mkdir()
+    stack = make_stack(aws, moto_endpoint, tmp_path / "dup", unique + "d", visibility=2, max_receive_count=2)
+    overrides = {
+        "EGRESS_QUEUE_URL": stack.queue_url,
+        "EGRESS_ROUTES_TABLE": stack.routes_table,
+        "EGRESS_LEDGER_TABLE": stack.ledger_table,
+        "EGRESS_SFT_ROOT": str(stack.sft_root),
+        "EGRESS_VISIBILITY_TIMEOUT_SECONDS": "2",
+        "EGRESS_HEARTBEAT_SECONDS": "0.5",
+        "EGRESS_BACKOFF_BASE_SECONDS": "1",
+    }
+    stack.put_route(
+        source_prefix="dup/", pipeline_name="Dup", transfer_type="SFT", destination_prefix="dup",
+        compress=True, compress_fmt="gz",
+    )  # fmt: skip
+    stack.upload("dup/big.bin", big_payload())
+    stack.upload("dup/" + FLAG)
+    # Take the real notification off the queue, to send it again as S3's at-least-once delivery may.
+    body = None
+    deadline = time.monotonic() + 30
+    while body is None and time.monotonic() < deadline:
+        for message in stack.aws.sqs.receive_message(
+            QueueUrl=stack.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", []):
+            if FLAG in message["Body"]:
+                body = message["Body"]
+            stack.aws.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    assert body is not None, "the S3 notification never reached the queue"
+    stack.aws.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
+    worker = start_worker(**overrides)
+    worker.wait_for(lambda line: line.get("event") == "message received")
+    time.sleep(0.5)  # the delivery is under way (gzip of 120 MB of hex takes seconds)
+    for _ in range(3):
+        stack.aws.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
+    worker.wait_for(lambda line: line.get("event") == "route delivered", timeout=120)
+    worker.wait_for(lambda line: line.get("event") == "route already delivered", count=3, timeout=60)
+    events = [line.get("event") for line in worker.events()]
+    assert events.count("route delivered") == 1
+    assert events.count("held by another worker: message requeued") >= 3
+    assert "message dead-lettered" not in events
+    assert stack.dlq_messages(wait=2) == []
+    assert worker.stop() == 0
