@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -47,9 +48,9 @@ from egress.ledger import (
     ProgressLog,
 )
 from egress.messages import FlagEvent
-from egress.plan import DeliveryItem, manifest_name, plan_route
+from egress.plan import DeliveryItem, check_names, manifest_name, name_items, plan_route
 from egress.routing import Route, RouteMatch
-from egress.sources import list_objects, open_object
+from egress.sources import SourceObject, list_objects, open_object
 from egress.streams import Chunks
 from egress.transforms.compress import compress
 from egress.transforms.decrypt import Decryptor
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     from egress.settings import WorkerSettings
 
 log = structlog.get_logger("egress.delivery")
+
+# ListObjectsV2 returns at most this many keys a page: a folder this size is planned in memory.
+_ONE_PAGE = 1000
 
 
 class ByteBudget:
@@ -122,6 +126,9 @@ class _RouteRun:
     cancel: threading.Event
     checkpoint: ProgressLog
     progress: _Progress = field(default_factory=_Progress)
+    # A lapsed claim was taken over: before writing a key, abort its open uploads (the dead
+    # claim may have opened one and died before recording it).
+    took_over: bool = False
 
     @property
     def labels(self) -> dict[str, str]:
@@ -217,8 +224,8 @@ class RouteDelivery:
             # or a name the destination would refuse fails the route with nothing delivered.
             items = self._plan(event, match)
             manifest = manifest_name(match)
-            done = self._resume(run, lease, items) if lease.resumed else {}
-            self._deliver_objects(run, items, done)
+            done = self._resume(run, lease) if lease.resumed else {}
+            self._deliver_objects(run, items(), done)
             self._write_manifest(event, run, manifest, done)
             run.checkpoint.flush()
         except BaseException as exc:
@@ -261,17 +268,33 @@ class RouteDelivery:
         except EgressError as ledger_exc:
             log.warning("could not release ledger row", reason=ledger_exc.reason)
 
-    def _plan(self, event: FlagEvent, match: RouteMatch) -> list[DeliveryItem]:
-        listing = list_objects(
+    def _plan(self, event: FlagEvent, match: RouteMatch) -> Callable[[], Iterator[DeliveryItem]]:
+        """Check every name before any byte moves; returns how to walk the objects to deliver.
+
+        A folder that fits in one listing page is kept (names and all). A larger one is
+        checked page by page keeping 8 bytes a name (:func:`egress.plan.check_names`), then
+        listed again while it is delivered, so memory does not grow with the folder.
+        """
+        listing = self._list(event, match)
+        head = list(islice(listing, _ONE_PAGE + 1))
+        if len(head) <= _ONE_PAGE:
+            items = list(plan_route(match, head, event_time=event.event_time))
+            return lambda: iter(items)
+        count = check_names(match, chain(head, listing), event_time=event.event_time)
+        del head
+        log.info("large folder: names checked, listing again to deliver", objects=count)
+        return lambda: name_items(match, self._list(event, match), event_time=event.event_time)
+
+    def _list(self, event: FlagEvent, match: RouteMatch) -> Iterator[SourceObject]:
+        return list_objects(
             self._aws.s3,
             bucket=event.bucket,
             prefix=match.delivery_prefix,
             flag_name=self._settings.flag_name,
         )
-        return list(plan_route(match, listing, event_time=event.event_time))
 
     # -- resuming --------------------------------------------------------------------------
-    def _resume(self, run: _RouteRun, lease: Lease, items: list[DeliveryItem]) -> dict[str, ObjectRecord]:
+    def _resume(self, run: _RouteRun, lease: Lease) -> dict[str, ObjectRecord]:
         """What an earlier attempt finished; clean up what a dead claim left open."""
         route = run.match.route
         records = self._ledger.objects(run.key)
@@ -290,10 +313,9 @@ class RouteDelivery:
             for record in records.values():
                 if record.status == UPLOADING and record.mpu_id:
                     self._abort_recorded_upload(route, record)
-            if lease.taken_over:
-                self._abort_orphan_uploads(run, items, done)
+            run.took_over = lease.taken_over is not None
         if done:
-            log.info("resuming a delivery", done=len(done), planned=len(items))
+            log.info("resuming a delivery", done=len(done))
         return done
 
     def _resume_sft(self, run: _RouteRun, records: dict[str, ObjectRecord]) -> dict[str, ObjectRecord]:
@@ -344,62 +366,51 @@ class RouteDelivery:
         except BotoCoreError as exc:
             raise translate_client_error(exc, doing=f"aborting the upload of {record.name}") from exc
 
-    def _abort_orphan_uploads(
-        self, run: _RouteRun, items: list[DeliveryItem], done: dict[str, ObjectRecord]
-    ) -> None:
-        """Abort open uploads to the keys this claim is about to write.
+    def _abort_open_uploads(self, route: Route, key: str) -> None:
+        """Abort open uploads to ``key``: a dead claim's, opened but not recorded (killed in between).
 
-        They are a dead claim's, opened but not recorded (it was killed in between). The
-        upload's ``Initiated`` time cannot tell whose it is (the emulator reports a fixed
-        date), and it does not need to: this claim is about to write each of these keys, so
-        any other upload to one of them is a stale writer's.
+        Made before this claim writes ``key``, so any other upload to it is a stale
+        writer's. (The upload's ``Initiated`` time cannot tell whose it is: the emulator
+        reports a fixed date.)
         """
-        route = run.match.route
-        wanted = {item.destination_name for item in items if item.destination_name not in done}
-        if not wanted:
-            return
         writer = self._writer_for(route.role_arn)
         bucket = route.destination_bucket or ""
         try:
             paginator = writer.s3.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=bucket, Prefix=run.match.destination_prefix):
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
                 for upload in page.get("Uploads", []):
-                    if upload.get("Key") not in wanted:
+                    if upload.get("Key") != key:
                         continue
-                    writer.s3.abort_multipart_upload(
-                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    log.info("aborted an unrecorded upload of the lapsed claim", key=upload["Key"])
+                    writer.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                    log.info("aborted an unrecorded upload of the lapsed claim", key=key)
         except (ClientError, BotoCoreError) as exc:
-            raise translate_client_error(exc, doing=f"listing open uploads in s3://{bucket}") from exc
+            raise translate_client_error(exc, doing=f"listing open uploads of s3://{bucket}/{key}") from exc
 
     # -- moving objects --------------------------------------------------------------------
     def _deliver_objects(
-        self, run: _RouteRun, items: list[DeliveryItem], done: dict[str, ObjectRecord]
+        self, run: _RouteRun, items: Iterator[DeliveryItem], done: dict[str, ObjectRecord]
     ) -> None:
         """Run the objects not done yet through a bounded window of parallel deliveries."""
         progress = run.progress
         match = run.match
-        for item in items:
-            record = done.get(item.destination_name)
-            if record is None:
-                continue
-            progress.objects += 1
-            progress.size += record.size
-            progress.skipped += 1
-            if match.route.manifest_file_name:
-                progress.manifest.append(
-                    record.manifest_entry(_relative_to(item.destination_name, match.destination_prefix))
-                )
-        if progress.skipped:
-            metrics.OBJECTS_SKIPPED.labels(**run.labels).inc(progress.skipped)
-        todo = [item for item in items if item.destination_name not in done]
         window = max(2, self._settings.object_concurrency * 2)
         pending: set[Future[None]] = set()
         failure: BaseException | None = None
         cancel = run.cancel
         try:
-            for item in todo:
+            for item in items:
+                record = done.get(item.destination_name)
+                if record is not None:
+                    progress.objects += 1
+                    progress.size += record.size
+                    progress.skipped += 1
+                    if match.route.manifest_file_name:
+                        progress.manifest.append(
+                            record.manifest_entry(
+                                _relative_to(item.destination_name, match.destination_prefix)
+                            )
+                        )
+                    continue
                 if cancel.is_set():
                     raise StopRequested
                 pending.add(self._pool.submit(self._deliver_one, run, item))
@@ -412,6 +423,8 @@ class RouteDelivery:
             cancel_local = True
         else:
             cancel_local = False
+        if progress.skipped:
+            metrics.OBJECTS_SKIPPED.labels(**run.labels).inc(progress.skipped)
         # Drain what is in flight; on failure the remaining objects still finish or fail on
         # their own, so nothing is left half-written behind the route's back.
         for future in pending:
@@ -516,6 +529,9 @@ class RouteDelivery:
         source = item.source
         name = item.destination_name
         plain_copy = route.transfer_type == "S3" and not (route.decrypt or route.compress or route.role_arn)
+        multipart = not plain_copy or source.size > self._transfer.copy_threshold
+        if run.took_over and route.transfer_type == "S3" and multipart:
+            self._abort_open_uploads(route, name)
         if plain_copy:
             return self._uploader.copy(
                 source,

@@ -215,3 +215,25 @@ def test_manifests_of_wildcard_rows_go_to_the_flags_own_folder() -> None:
     )
     match = match_route(sft, flag_prefix="landing/run-1/", when=WHEN)
     assert match is not None and manifest_name(match) == "team/run-1/manifest.json"
+
+
+def test_names_of_a_large_folder_are_checked_keeping_only_digests() -> None:
+    from egress.plan import check_names, name_items
+
+    match = match_route(route(decrypt=True), flag_prefix="exports/opsmi/", when=WHEN)
+    assert match is not None
+    objects = [SourceObject("src-bucket", f"exports/opsmi/d{i // 100}/part-{i:05d}.csv", 1) for i in range(2500)]
+    assert check_names(match, objects, event_time=WHEN) == 2500
+    assert [item.destination_name for item in name_items(match, objects[:2], event_time=WHEN)] == [
+        "opsmi/d0/part-00000.csv",
+        "opsmi/d0/part-00001.csv",
+    ]
+    # 'x.csv' and 'x.csv.enc' both become 'x.csv' when decrypted: refused before any byte moves.
+    clash = [*objects, SourceObject("src-bucket", "exports/opsmi/d3/part-00300.csv.enc", 1)]
+    with pytest.raises(PermanentError, match="the name of another object"):
+        check_names(match, clash, event_time=WHEN)
+    with pytest.raises(PermanentError, match="treats it as unfinished"):
+        sft = route(transfer_type="SFT", destination_bucket=None, destination_prefix="w")
+        sft_match = match_route(sft, flag_prefix="exports/opsmi/", when=WHEN)
+        assert sft_match is not None
+        check_names(sft_match, [*objects, SourceObject("src-bucket", "exports/opsmi/late.tmp", 1)], event_time=WHEN)
