@@ -123,6 +123,10 @@ class PooledHTTPServer(HTTPServer):
         max_waiting: int = 256,
         max_queued: int = 64,
     ) -> None:
+        if workers < 1 or max_waiting < 1 or max_queued < 1:
+            raise ValueError("workers, max_waiting and max_queued must be at least 1")
+        if min(idle_timeout, io_timeout, request_timeout) <= 0:
+            raise ValueError("the timeouts must be positive")
         super().__init__(address, handler)
         self.workers = workers
         self.idle_timeout = idle_timeout

@@ -24,8 +24,15 @@ def is_hidden_or_temp(name: str) -> bool:
 
 
 def temp_name(final: Path) -> Path:
-    """A hidden temporary sibling of ``final``: ``.<name>.<random>.part``."""
-    return final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+    """A hidden temporary sibling of ``final``: ``.<name>.<random>.part``, at most 255 bytes.
+
+    The name is cut by its UTF-8 bytes at a character boundary: a 255-byte name of
+    multibyte characters must still get a temp name the file system accepts.
+    """
+    token = secrets.token_hex(4)
+    room = 255 - len(f"..{token}.part")
+    stem = final.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return final.with_name(f".{stem}.{token}.part")
 
 
 def fsync_dir(folder: Path) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from sft_agent.serving import QuickThreadingHTTPServer
+from sft_agent.serving import PooledHTTPServer
 
 
 class AgentMetrics:
@@ -126,9 +126,24 @@ class AgentMetrics:
 
 
 class MetricsServer:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while ``healthy()``) on one port."""
+    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while ``healthy()``) on one port.
 
-    def __init__(self, metrics: AgentMetrics, *, host: str, port: int, healthy: Callable[[], bool]) -> None:
+    On a :class:`PooledHTTPServer`: idle or stalled clients hold no thread, so ``/healthz``
+    keeps answering while they are connected.
+    """
+
+    def __init__(
+        self,
+        metrics: AgentMetrics,
+        *,
+        host: str,
+        port: int,
+        healthy: Callable[[], bool],
+        workers: int = 4,
+        idle_timeout: float = 5.0,
+        io_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+    ) -> None:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -150,7 +165,14 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base
                 return
 
-        self._server = QuickThreadingHTTPServer((host, port), Handler, io_timeout=10.0)
+        self._server = PooledHTTPServer(
+            (host, port),
+            Handler,
+            workers=workers,
+            idle_timeout=idle_timeout,
+            io_timeout=io_timeout,
+            request_timeout=request_timeout,
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property

@@ -77,6 +77,24 @@ def check_segment(segment: str, *, what: str) -> str:
     return segment
 
 
+NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, EFS)
+
+
+def temp_name(name: str) -> str:
+    """The hidden temporary name ``.<name>.<random>.part`` for ``name``, at most ``NAME_MAX`` bytes.
+
+    The name is cut to fit by its UTF-8 bytes, at a character boundary: a name of 255
+    bytes of ``€`` is 85 characters, and cutting characters would leave a temp name
+    too long to create.
+    """
+    token = secrets.token_hex(6)
+    budget = NAME_MAX - len(f"..{token}.part".encode())
+    # "ignore" drops the bytes of a character the cut split in two (and, in a name that
+    # came in with surrogate escapes, those bytes too: a temp name need not round-trip).
+    stem = name.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
+    return f".{stem}.{token}.part"
+
+
 def url_segments(raw_path: str) -> list[str]:
     """The decoded, checked segments of a request target's path (empty segments dropped)."""
     path = raw_path.split("?", 1)[0].split("#", 1)[0]
@@ -278,7 +296,7 @@ class Receiver:
         final = folder / segments[-1]
         if self.out is not None and final.is_dir():
             raise RequestRefused(409, "is_a_folder", f"{relative} is a folder")
-        tmp = folder / f".{segments[-1][:200]}.{secrets.token_hex(6)}.part"
+        tmp = folder / temp_name(segments[-1])
         sha256 = hashlib.sha256()
         other = _ALGORITHMS[expected[0]]() if expected and expected[0] != "sha-256" else None
         try:

@@ -855,7 +855,10 @@ def assume_role_s3(
             except (ClientError, BotoCoreError) as exc:
                 raise translate_client_error(exc, doing=doing) from exc
     credentials = response["Credentials"]
-    client = aws.s3_for_role(dict(credentials))
+    # Credentials that renew themselves: an upload outliving this session goes on signed.
+    client = aws.s3_for_role(
+        credentials, role_arn=role_arn, session_name=name, duration_seconds=ROLE_SESSION_SECONDS
+    )
     assumed = AssumedRole(client=client, expires_at=credentials["Expiration"].timestamp())
     with _role_cache_lock:
         cache[role_arn] = assumed

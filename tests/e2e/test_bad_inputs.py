@@ -56,6 +56,22 @@ MALFORMED: list[tuple[str, str | None]] = [
     ('{"source": "aws.s3", "detail-type": "Object Created", "detail": 7}', "malformed_body"),
     ('{"hello": "world"}', "malformed_body"),
     ('{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}', None),
+    # Hostile: nesting deep enough to raise RecursionError, in the body or an SNS envelope.
+    ("[" * 100_000, "malformed_body"),
+    (json.dumps({"Type": "Notification", "Message": "[" * 100_000}), "malformed_body"),
+    (
+        json.dumps(
+            {
+                "Records": [
+                    {
+                        "eventTime": "0001-01-01T00:00:00+01:00",
+                        "s3": {"bucket": {"name": "b"}, "object": {"key": "x/" + FLAG}},
+                    }
+                ]
+            }
+        ),
+        "malformed_body",
+    ),
 ]
 
 

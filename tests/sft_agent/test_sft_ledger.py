@@ -131,7 +131,8 @@ def test_each_files_fate_is_recorded_and_old_unsent_files_are_counted(
         env={"AWS_ENDPOINT_URL": moto_endpoint, "AWS_REGION": "eu-west-2"},
         ledger={"table": table, "sft_root": str(sft_root), "unsent_check_interval": "1s"},
     )
-    agent_id = agent.events("agent_started")[0]["agent_id"]
+    # /healthz answers before the agent logs agent_started (it starts its ledger and routes first).
+    agent_id = wait_for(lambda: agent.events("agent_started"), timeout=20, what="agent_started")[0]["agent_id"]
     drop(warehouse / "orders", "a.csv", body)
     drop(doomed, "b.csv", doomed_body)
     drop(warehouse, "no-row.csv", b"not written by the worker\n")

@@ -159,3 +159,115 @@ def test_delete_events_are_ignored() -> None:
 def test_malformed_bodies_name_the_problem(body: str, fragment: str) -> None:
     with pytest.raises(MalformedMessage, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         parse_body(body, flag_name=FLAG)
+
+
+# -- hostile bodies: refused as malformed, never another exception ------------------------
+
+
+def test_a_body_of_100000_open_brackets_is_malformed_not_a_recursion_error() -> None:
+    with pytest.raises(MalformedMessage, match="nests JSON deeper than 32 levels"):
+        parse_body("[" * 100_000, flag_name=FLAG)
+    with pytest.raises(MalformedMessage, match="nests JSON deeper than 32 levels"):
+        parse_body('{"Records": ' + "[" * 100_000, flag_name=FLAG)
+
+
+def test_valid_json_nested_below_the_recursion_limit_but_too_deep_is_malformed() -> None:
+    body = '{"Records": [' + '{"a": ' * 500 + "1" + "}" * 500 + "]}"
+    with pytest.raises(MalformedMessage, match="nests JSON deeper than 32 levels"):
+        parse_body(body, flag_name=FLAG)
+
+
+def test_a_body_over_the_sqs_limit_is_malformed_with_its_size() -> None:
+    event = json.loads(s3_body(f"p/{FLAG}"))
+    event["padding"] = "x" * (300 * 1024)
+    body = json.dumps(event)
+    with pytest.raises(MalformedMessage, match=rf"body is {len(body)} bytes, over the 262144-byte limit"):
+        parse_body(body, flag_name=FLAG)
+    # Counted in UTF-8 bytes, not characters: 100,000 '€' are 300,000 bytes.
+    with pytest.raises(MalformedMessage, match="body is 300000 bytes"):
+        parse_body("€" * 100_000, flag_name=FLAG)
+
+
+def test_deep_nesting_inside_an_sns_envelope_is_malformed() -> None:
+    for inner in ("[" * 100_000, '{"Records": [' + "[" * 40 + "]" * 40 + "]}"):
+        envelope = json.dumps({"Type": "Notification", "MessageId": "m", "Message": inner})
+        with pytest.raises(MalformedMessage, match="SNS envelope Message nests JSON deeper than 32 levels"):
+            parse_body(envelope, flag_name=FLAG)
+    twice = json.dumps({"Type": "Notification", "Message": json.dumps({"Type": "Notification", "Message": "{}"})})
+    with pytest.raises(MalformedMessage, match="itself an SNS envelope"):
+        parse_body(twice, flag_name=FLAG)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b'{"Records": "\xff"}', "not valid UTF-8"),
+        ('{"Records": []}\ud800', "lone surrogate"),
+        ('{"Records": [{"eventTime": "2026-01-01T00:00:00Z", "s3": {"bucket": {"name": "b\\ud800"}, '
+         '"object": {"key": "p/pipeline_success.flag"}}}]}', "bucket.name is not valid Unicode"),
+        ('{"Records": [{"eventTime": "2026-01-01T00:00:00Z", "s3": {"bucket": {"name": "b"}, '
+         '"object": {"key": "p%FF/pipeline_success.flag"}}}]}', "not UTF-8"),
+        ('{"Records": [{"eventTime": "0001-01-01T00:00:00+01:00", "s3": {"bucket": {"name": "b"}, '
+         '"object": {"key": "p/pipeline_success.flag"}}}]}', "not ISO 8601"),
+        ('{"Records": [{"eventTime": 7, "s3": {"bucket": {"name": "b"}, '
+         '"object": {"key": "p/pipeline_success.flag"}}}]}', "event time missing"),
+        ('{"Records": [{"s3": {"bucket": {"name": ["b"]}, "object": {"key": "k"}}}]}', "bucket.name"),
+        ('{"Records": [{"s3": {"bucket": "b", "object": "k"}}]}', "bucket/object missing"),
+        ('{"Records": {"0": {}}}', "Records is empty or not a list"),
+        ("1" * 5000, "not JSON"),
+        ('"just a string"', "not a JSON object"),
+        ("null", "not a JSON object"),
+    ],
+)
+def test_undecodable_and_mistyped_bodies_are_malformed(body: str | bytes, fragment: str) -> None:
+    with pytest.raises(MalformedMessage, match=fragment):
+        parse_body(body, flag_name=FLAG)
+
+
+def test_wrong_types_in_optional_fields_are_ignored_not_trusted() -> None:
+    event = json.loads(s3_body(f"p/{FLAG}"))
+    event["Records"][0]["s3"]["object"].update(size=True, sequencer=5, versionId=["v"])
+    (parsed,) = parse_body(json.dumps(event), flag_name=FLAG)  # type: ignore[misc]
+    assert parsed.size is None and parsed.sequencer is None and parsed.version_id is None
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=40,
+)
+_shapes = st.fixed_dictionaries(
+    {},
+    optional={
+        "Records": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "eventName": _json_values,
+                    "eventTime": _json_values | st.just("2026-01-01T00:00:00Z"),
+                    "s3": st.fixed_dictionaries(
+                        {}, optional={"bucket": _json_values, "object": _json_values}
+                    )
+                    | _json_values,
+                },
+            )
+            | _json_values,
+            max_size=3,
+        )
+        | _json_values,
+        "Type": st.just("Notification") | _json_values,
+        "Message": st.text(max_size=50) | _json_values,
+        "source": st.just("aws.s3") | _json_values,
+        "detail": _json_values,
+        "Event": _json_values,
+    },
+)
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), _shapes.map(json.dumps)))
+def test_no_body_raises_anything_but_malformed_message(body: str | bytes) -> None:
+    try:
+        result = parse_body(body, flag_name=FLAG)
+    except MalformedMessage:
+        return
+    assert isinstance(result, Ignored | list)
