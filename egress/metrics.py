@@ -6,15 +6,9 @@ reason — never a key, a prefix or a message id.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import selectors
-import socket
 import threading
-import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from egress.pooled_http import PooledHTTPServer
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -95,155 +91,6 @@ REQUEUES = Counter(
 )
 HEARTBEATS = Counter("egress_visibility_extensions_total", "Visibility timeout extensions", registry=REGISTRY)
 LAST_POLL = Gauge("egress_last_poll_timestamp_seconds", "When the loop last polled SQS", registry=REGISTRY)
-
-
-class PooledHTTPServer(HTTPServer):
-    """An HTTP server on which idle and slow clients cost no more than a file descriptor.
-
-    A connection waits in a selector, holding no thread, until its request's first
-    bytes arrive; it is closed if none come within ``idle_timeout``, and the oldest
-    waiting one is closed when ``max_waiting`` wait. A ready connection goes to one of
-    ``workers`` threads (at most ``max_queued`` queue for them; more are closed), which
-    reads and answers it with ``io_timeout`` on each socket operation and
-    ``request_timeout`` for the whole exchange, so a client trickling bytes is cut off.
-    Threads: ``workers`` plus the one in :meth:`serve_forever`, whatever the clients do.
-    """
-
-    request_queue_size = 128  # a burst of connections waits in the kernel, not refused
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        *,
-        workers: int = 4,
-        idle_timeout: float = 5.0,
-        io_timeout: float = 5.0,
-        request_timeout: float = 10.0,
-        max_waiting: int = 256,
-        max_queued: int = 64,
-    ) -> None:
-        if workers < 1 or max_waiting < 1 or max_queued < 1:
-            raise ValueError("workers, max_waiting and max_queued must be at least 1")
-        if min(idle_timeout, io_timeout, request_timeout) <= 0:
-            raise ValueError("the timeouts must be positive")
-        super().__init__(address, handler)
-        self.workers = workers
-        self.idle_timeout = idle_timeout
-        self.io_timeout = io_timeout
-        self.request_timeout = request_timeout
-        self.max_waiting = max_waiting
-        self.max_queued = max_queued
-        self._ready: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue()
-        self._busy: dict[socket.socket, float] = {}  # connection → when it is cut off
-        self._busy_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._stopped = threading.Event()
-        self._stopped.set()  # not serving yet: shutdown() has nothing to wait for
-
-    def serve_forever(self, poll_interval: float = 0.25) -> None:
-        """Accept, wait for requests and hand them to the workers until :meth:`shutdown`."""
-        if self._stop.is_set():
-            return
-        self._stopped.clear()
-        threads = [
-            threading.Thread(target=self._work, name=f"http-worker-{n}", daemon=True)
-            for n in range(self.workers)
-        ]
-        for thread in threads:
-            thread.start()
-        waiting: dict[socket.socket, tuple[Any, float]] = {}  # in arrival order, so by deadline
-        try:
-            self.socket.setblocking(False)
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.socket, selectors.EVENT_READ)
-                while not self._stop.is_set():
-                    timeout = poll_interval
-                    if waiting:
-                        first_deadline = next(iter(waiting.values()))[1]
-                        timeout = min(timeout, max(0.0, first_deadline - time.monotonic()))
-                    for key, _ in selector.select(timeout):
-                        if key.fileobj is self.socket:
-                            self._accept(selector, waiting)
-                            continue
-                        conn: Any = key.fileobj
-                        selector.unregister(conn)
-                        self._dispatch(conn, waiting.pop(conn)[0])
-                    now = time.monotonic()
-                    while waiting:
-                        conn, (_, deadline) = next(iter(waiting.items()))
-                        if deadline > now:
-                            break
-                        self._drop(conn, selector, waiting)
-                    self._cut_off(now)
-        finally:
-            for conn in list(waiting):
-                self.shutdown_request(conn)
-            with contextlib.suppress(queue.Empty):
-                while (item := self._ready.get_nowait()) is not None:
-                    self.shutdown_request(item[0])
-            for _ in threads:
-                self._ready.put(None)
-            self._cut_off(float("inf"))
-            deadline = time.monotonic() + self.io_timeout
-            for thread in threads:
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
-            self._stopped.set()
-
-    def shutdown(self) -> None:
-        """Stop :meth:`serve_forever` and wait until it returned."""
-        self._stop.set()
-        self._stopped.wait()
-
-    def _accept(self, selector: selectors.BaseSelector, waiting: dict[socket.socket, tuple[Any, float]]) -> None:
-        for _ in range(self.request_queue_size):  # a burst at once, but never the loop forever
-            try:
-                conn, address = self.socket.accept()
-            except OSError:  # nothing left (BlockingIOError), or out of descriptors: next turn
-                return
-            if len(waiting) >= self.max_waiting:
-                self._drop(next(iter(waiting)), selector, waiting)
-            waiting[conn] = (address, time.monotonic() + self.idle_timeout)
-            selector.register(conn, selectors.EVENT_READ)
-
-    def _drop(
-        self, conn: socket.socket, selector: selectors.BaseSelector, waiting: dict[socket.socket, tuple[Any, float]]
-    ) -> None:
-        selector.unregister(conn)
-        del waiting[conn]
-        self.shutdown_request(conn)
-
-    def _dispatch(self, conn: socket.socket, address: Any) -> None:
-        if self._ready.qsize() >= self.max_queued:
-            self.shutdown_request(conn)  # overloaded: a closed connection is a fast answer
-            return
-        self._ready.put((conn, address))
-
-    def _work(self) -> None:
-        while (item := self._ready.get()) is not None:
-            conn, address = item
-            with self._busy_lock:
-                self._busy[conn] = time.monotonic() + self.request_timeout
-            try:
-                conn.settimeout(self.io_timeout)
-                self.finish_request(conn, address)
-            except OSError:
-                pass  # the client went away, or was cut off for taking too long
-            except Exception:  # noqa: BLE001 - one bad request never kills a worker
-                self.handle_error(conn, address)
-            finally:
-                with self._busy_lock:
-                    self._busy.pop(conn, None)
-                self.shutdown_request(conn)
-
-    def _cut_off(self, now: float) -> None:
-        # Under the lock, so a worker cannot close (and the kernel reuse) the descriptor meanwhile;
-        # shutting the socket down wakes the worker blocked on it.
-        with self._busy_lock:
-            for conn, deadline in self._busy.items():
-                if deadline <= now:
-                    with contextlib.suppress(OSError):
-                        conn.shutdown(socket.SHUT_RDWR)
 
 
 class ProbeServer:

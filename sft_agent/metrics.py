@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from sft_agent.serving import PooledHTTPServer
+from egress.pooled_http import PooledHTTPServer
 
 
 class AgentMetrics:
