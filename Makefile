@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_worker.py
 	$(PY) bench/bench_sft_push.py
 	$(PY) bench/bench_esdk_read.py
+	$(PY) bench/bench_esdk_nonframed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local-stack

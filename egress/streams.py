@@ -27,6 +27,34 @@ class ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        """At most ``size`` bytes, from the current chunk only (a short read, as ``readinto``).
+
+        Overridden for the copies: a slice of the current chunk (or the chunk itself) rather
+        than a buffer of ``size`` bytes filled and copied again.
+        """
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        while self._offset >= len(self._buffer):
+            if self._eof:
+                return b""
+            try:
+                self._buffer = next(self._chunks)
+                self._offset = 0
+            except StopIteration:
+                self._eof = True
+                self._buffer = b""
+                return b""
+        start = self._offset
+        if start == 0 and size >= len(self._buffer):
+            piece = bytes(self._buffer)
+        else:
+            piece = bytes(self._buffer[start : start + size])
+        self._offset += len(piece)
+        return piece
+
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         while self._offset >= len(self._buffer):
             if self._eof:
@@ -59,10 +87,15 @@ def rechunk(chunks: Iterable[bytes], *, size: int) -> Chunks:
     """Yield pieces of exactly ``size`` bytes (the last may be shorter)."""
     pending = bytearray()
     for chunk in chunks:
+        if not pending and len(chunk) == size:
+            yield chunk  # already the right size: no copy
+            continue
         pending += chunk
         while len(pending) >= size:
-            yield bytes(pending[:size])
+            with memoryview(pending) as view:
+                piece = bytes(view[:size])  # one copy (a bytearray slice would be two)
             del pending[:size]
+            yield piece
     if pending:
         yield bytes(pending)
 

@@ -82,11 +82,14 @@ def test_envelope_round_trip_byte_identical(aws: AwsClients, key_arn: str) -> No
     assert decrypt_all(decryptor, body, metadata) == PLAIN
 
 
-def test_envelope_allowed_by_key_id_and_by_empty_list(aws: AwsClients, key_arn: str) -> None:
+def test_envelope_allowed_by_key_id_and_refused_by_empty_list(aws: AwsClients, key_arn: str) -> None:
     metadata, body = envelope_object(aws, key_arn)
     key_id = key_arn.rsplit("/", 1)[-1]
     assert decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_id]), body, metadata) == PLAIN
-    assert decrypt_all(Decryptor(aws.kms, allowed_key_arns=[]), body, metadata) == PLAIN
+    with pytest.raises(PermanentError) as caught:
+        decrypt_all(Decryptor(aws.kms, allowed_key_arns=[]), body, metadata)
+    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert "EGRESS_KMS_KEY_ARNS is empty" in caught.value.detail
 
 
 def test_esdk_multi_frame_round_trip_byte_identical(aws: AwsClients, key_arn: str) -> None:
