@@ -166,10 +166,14 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         """Poll until stopped; returns the process exit code (0 after a clean shutdown)."""
-        self._sft.owners.hold()
-        swept = self._sft.sweep_temp_files(legacy_older_than=float(self.settings.ledger_lease))
-        if swept:
-            log.info("removed temp files of writers that are gone", count=swept)
+        try:
+            self._sft.owners.hold()
+            swept = self._sft.sweep_temp_files(legacy_older_than=float(self.settings.ledger_lease))
+            if swept:
+                log.info("removed temp files of writers that are gone", count=swept)
+        except OSError as exc:
+            # S3 routes still work; SFT routes will fail with the file system's own error.
+            log.warning("the SFT root is not usable", path=str(self._sft.root), error=str(exc))
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
         self._started = True
