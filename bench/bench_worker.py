@@ -186,7 +186,11 @@ class Bench:
 
     def close(self) -> None:
         self.moto.terminate()
-        self.moto.wait(10)
+        try:
+            self.moto.wait(10)
+        except subprocess.TimeoutExpired:  # a server holding tens of thousands of objects
+            self.moto.kill()
+            self.moto.wait(10)
 
 
 def encrypted_chunks(size: int) -> Iterator[bytes]:
