@@ -205,11 +205,8 @@ class RouteDelivery:
             source_prefix=route.source_prefix,
             pipeline_name=route.pipeline_name,
         )
-        labels = {
-            "pipeline": route.pipeline_name,
-            "recipient": route.recipient_name,
-            "transfer_type": route.transfer_type,
-        }
+        run = _RouteRun(key=key, match=match, cancel=cancel, checkpoint=ProgressLog(self._ledger, key))
+        labels = run.labels
         lease = self._ledger.begin(key, recipient=route.recipient_name, transfer_type=route.transfer_type)
         if lease.claim is Claim.ALREADY_DELIVERED:
             log.info("route already delivered", **labels)
@@ -218,7 +215,6 @@ class RouteDelivery:
         if on_lease is not None:
             on_lease(key)
         started = self._clock()
-        run = _RouteRun(key=key, match=match, cancel=cancel, checkpoint=ProgressLog(self._ledger, key))
         try:
             # The whole plan (names only) is made before any byte moves, so a name collision
             # or a name the destination would refuse fails the route with nothing delivered.

@@ -101,7 +101,6 @@ class Lease:
     token: str = ""
     resumed: bool = False
     taken_over: str | None = None
-    taken_over_started: float | None = None
 
 
 class LeaseHeld(RetryableError):
@@ -314,7 +313,6 @@ class Ledger:
             ":delivered": {"S": DELIVERED},
             ":in_progress": {"S": IN_PROGRESS},
             ":started": {"S": _iso(now)},
-            ":started_epoch": {"N": str(int(now))},
             ":expires": {"N": str(int(now + self._ttl))},
             ":bucket": {"S": key.bucket},
             ":flag": {"S": key.flag_key},
@@ -332,7 +330,7 @@ class Ledger:
                 Key=_route_key(key),
                 UpdateExpression=(
                     "SET #status = :in_progress, #owner = :owner, lease_until = :lease, "
-                    "started_at = :started, started_epoch = :started_epoch, expires_at = :expires, "
+                    "started_at = :started, expires_at = :expires, "
                     "flag_bucket = :bucket, flag_key = :flag, flag_upload = :upload, "
                     "source_prefix = :prefix, pipeline_name = :pipeline, recipient_name = :recipient, "
                     "transfer_type = :type, attempts = if_not_exists(attempts, :zero) + :one"
@@ -360,7 +358,6 @@ class Ledger:
                 token=token,
                 resumed=bool(old),
                 taken_over=str(old.get("owner", "")) if lapsed else None,
-                taken_over_started=float(old["started_epoch"]) if lapsed and "started_epoch" in old else None,
             )
         row = self.route_row(key)
         if row and row.get("status") == DELIVERED:

@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from egress import metrics
 from egress.delivery import ByteBudget, RouteDelivery
 from egress.errors import (
+    IN_PROGRESS_ELSEWHERE,
     INVALID_ROUTE,
     LEASE_LOST,
     MALFORMED_BODY,
@@ -416,7 +417,7 @@ class Worker:
             self._queue.requeue(message, delay_seconds=seconds)
         except (ReceiptGone, EgressError) as exc:
             log.warning("could not requeue; retrying later instead", error=str(exc)[:200])
-            self._retry_later(message, reason="in_progress_elsewhere", detail=str(exc)[:200])
+            self._retry_later(message, reason=IN_PROGRESS_ELSEWHERE, detail=str(exc)[:200])
             return
         log.info("held by another worker: message requeued", visible_in_seconds=seconds)
         metrics.REQUEUES.inc()

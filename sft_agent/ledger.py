@@ -31,20 +31,24 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from egress.ledger import (
+    PARKED,
+    RETRY,
+    SENDING,
+    SENT,
+    SFT_PATH_INDEX,
+    UNSENT_INDEX,
+    UNSENT_KEY,
+    WRITTEN,
+)
 from sft_agent.metrics import AgentMetrics
 from sft_agent.settings import LedgerSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-SFT_PATH_INDEX = "by_sft_path"
-UNSENT_INDEX = "unsent"
-UNSENT_KEY = "sft"
-SENDING = "sending"
-RETRY = "retry"
-SENT = "sent"
-PARKED = "parked"
-NOT_FINAL = frozenset({"written", SENDING, RETRY})
+# The table's names and states are the worker's (one definition: egress.ledger).
+NOT_FINAL = frozenset({WRITTEN, SENDING, RETRY})
 
 _QUEUE_SIZE = 10_000
 _CACHE_SIZE = 10_000

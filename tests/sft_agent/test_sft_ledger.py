@@ -17,48 +17,11 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from sft_helpers import AgentProc, ReceiverProc, drop, route, wait_for
 
 from egress.aws import AwsClients
+from egress.ledger import create_ledger_table
 from sft_agent.testing import free_port
 
 _serialize = TypeSerializer().serialize
 _deserialize = TypeDeserializer().deserialize
-
-
-def create_ledger_table(aws: AwsClients, name: str) -> None:
-    """The ledger table of docs/exactly-once.md: delivery_id + record, GSIs by_sft_path and unsent."""
-    aws.dynamodb.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "delivery_id", "KeyType": "HASH"},
-            {"AttributeName": "record", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "delivery_id", "AttributeType": "S"},
-            {"AttributeName": "record", "AttributeType": "S"},
-            {"AttributeName": "sft_path", "AttributeType": "S"},
-            {"AttributeName": "sha256", "AttributeType": "S"},
-            {"AttributeName": "unsent", "AttributeType": "S"},
-            {"AttributeName": "written_epoch", "AttributeType": "N"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by_sft_path",
-                "KeySchema": [
-                    {"AttributeName": "sft_path", "KeyType": "HASH"},
-                    {"AttributeName": "sha256", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            },
-            {
-                "IndexName": "unsent",
-                "KeySchema": [
-                    {"AttributeName": "unsent", "KeyType": "HASH"},
-                    {"AttributeName": "written_epoch", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            },
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
 
 
 def write_object_row(aws: AwsClients, table: str, *, sft_path: str, body: bytes, age: float = 0.0) -> str:
@@ -101,7 +64,7 @@ def test_each_files_fate_is_recorded_and_old_unsent_files_are_counted(
     start_agent: Callable[..., AgentProc],
 ) -> None:
     table = f"ledger-{unique}"
-    create_ledger_table(aws, table)
+    create_ledger_table(aws.dynamodb, table)
     receiver = start_receiver()
     sft_root = tmp_path / "data-egress"
     warehouse, doomed = sft_root / "warehouse", sft_root / "doomed"
@@ -132,7 +95,9 @@ def test_each_files_fate_is_recorded_and_old_unsent_files_are_counted(
         ledger={"table": table, "sft_root": str(sft_root), "unsent_check_interval": "1s"},
     )
     # /healthz answers before the agent logs agent_started (it starts its ledger and routes first).
-    agent_id = wait_for(lambda: agent.events("agent_started"), timeout=20, what="agent_started")[0]["agent_id"]
+    agent_id = wait_for(lambda: agent.events("agent_started"), timeout=20, what="agent_started")[0][
+        "agent_id"
+    ]
     drop(warehouse / "orders", "a.csv", body)
     drop(doomed, "b.csv", doomed_body)
     drop(warehouse, "no-row.csv", b"not written by the worker\n")
