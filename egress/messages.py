@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote_plus
+
+from egress.kernel.timefmt import parse_iso8601
 
 MAX_BODY_BYTES: Final = 256 * 1024
 """SQS's limit for one message; a longer body did not come through SQS as sent."""
@@ -62,11 +64,8 @@ def _parse_time(value: object) -> datetime:
     if not isinstance(value, str) or not value:
         raise MalformedMessage("event time missing")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:  # OverflowError: year 1 with a positive offset
+        return parse_iso8601(value)
+    except ValueError as exc:
         raise MalformedMessage(f"event time {value[:40]!r} is not ISO 8601") from exc
 
 
@@ -152,7 +151,9 @@ def _load_object(body: str | bytes, *, what: str) -> dict[str, Any]:
         except UnicodeEncodeError as exc:
             raise MalformedMessage(f"{what} holds a lone surrogate (not valid Unicode)") from exc
     if size > MAX_BODY_BYTES:
-        raise MalformedMessage(f"{what} is {size} bytes, over the {MAX_BODY_BYTES}-byte limit of an SQS message")
+        raise MalformedMessage(
+            f"{what} is {size} bytes, over the {MAX_BODY_BYTES}-byte limit of an SQS message"
+        )
     if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import unicodedata
 
-NAME_MAX = 255  # bytes per path segment (ext4, xfs, EFS)
+from egress.kernel.tempnames import NAME_MAX, TEMP_SUFFIXES
+
 PATH_MAX = 4096
 S3_KEY_MAX = 1024  # bytes of a key, UTF-8
-# Suffixes the SFT agent treats as unfinished files and never sends (the same list as
-# sft_agent.files.TEMP_SUFFIXES; a test keeps the two equal). A delivered file with one
-# of them would sit on the volume forever, so such names are refused up front.
-AGENT_SKIPPED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", "~")
+# Suffixes the SFT agent treats as unfinished files and never sends: a delivered file
+# with one of them would sit on the volume forever, so such names are refused up front.
+AGENT_SKIPPED_SUFFIXES = TEMP_SUFFIXES
 # Room a temp name needs around the final name: ".<name>.<owner>-<token>.part".
 TEMP_NAME_OVERHEAD = len("..") + 8 + 1 + 12 + len(".part")
 

@@ -24,17 +24,12 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import NO_ROUTE, PermanentError, error_code, translate_client_error
+from egress.kernel.placeholders import PLACEHOLDERS, resolve_placeholders
 from egress.messages import FlagEvent
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-PLACEHOLDERS: dict[str, str] = {
-    # longest value first: the HHMMSS form contains the YYYYMMDD one
-    "$TODAYS_YYYYMMDD_HHMMSS_FORMATTED_DATE": "%Y%m%d_%H%M%S",
-    "$TODAYS_YYYYMMDD_FORMATTED_DATE": "%Y%m%d",
-    "$TODAYS_DATE": "%Y-%m-%d",
-}
 TRANSFER_TYPES = ("S3", "SFT")
 COMPRESS_FORMATS = ("gz", "zstd")
 IN_LIMIT = 50  # DynamoDB PartiQL: at most 50 partition-key values in one statement
@@ -47,13 +42,6 @@ _KMS_KEY = re.compile(
 )
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def resolve_placeholders(template: str, when: datetime) -> str:
-    """Replace the date placeholders in ``template`` by the values of ``when``."""
-    for name, fmt in PLACEHOLDERS.items():
-        template = template.replace(name, when.strftime(fmt))
-    return template
 
 
 def _as_bool(value: Any, *, column: str, problems: list[str], default: bool = False) -> bool:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from egress.kernel.placeholders import resolve_placeholders
 from sft_agent import errors
 from sft_agent.claims import ClaimedFile
 from sft_agent.digests import sha256_base64
@@ -21,7 +22,7 @@ from sft_agent.errors import DeliveryError
 from sft_agent.files import copy_atomically
 from sft_agent.metrics import AgentMetrics
 from sft_agent.push import HttpPusher
-from sft_agent.settings import DATE_PLACEHOLDERS, CopyAction, HttpAction, RenameAction, RouteSettings
+from sft_agent.settings import CopyAction, HttpAction, RenameAction, RouteSettings
 from sft_agent.state import FileState
 from sft_agent.stopping import Stopper
 
@@ -44,9 +45,7 @@ def apply_rename(action: RenameAction, name: str, *, when: datetime) -> str:
 
     Raises :class:`DeliveryError` (permanent, ``invalid_name``) if the result is not a safe name.
     """
-    replacement = action.replacement
-    for placeholder, fmt in DATE_PLACEHOLDERS.items():
-        replacement = replacement.replace(placeholder, when.strftime(fmt))
+    replacement = resolve_placeholders(action.replacement, when)
     folder, _, base = name.rpartition("/")
     try:
         renamed = action.pattern.sub(replacement, base)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sft_agent.files import write_atomically
+from egress.kernel.fsutil import write_atomically
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"

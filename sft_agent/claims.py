@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_agent.files import fsync_dir, rename_no_replace, same_file
+from egress.kernel.fsutil import fsync_dir
+from sft_agent.files import rename_no_replace, same_file
 
 LOCK = "lock"
 CLAIMED = "claimed"

@@ -1,7 +1,9 @@
-"""File-system primitives the agent builds on: atomic writes, no-replace renames, moves.
+"""File-system primitives the agent builds on: atomic copies, no-replace renames, moves.
 
 Everything that becomes visible under a final name is written to a hidden temporary
-name in the same folder, fsynced, then renamed, so a reader never sees it partial.
+name in the same folder, fsynced, then renamed, so a reader never sees it partial
+(atomic writes and temp names themselves are the kernel's: :mod:`egress.kernel.fsutil`,
+:mod:`egress.kernel.tempnames`).
 """
 
 from __future__ import annotations
@@ -14,57 +16,14 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-# Names a writer uses while a file is incomplete; the agent never picks them up.
-TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", "~")
-
-
-def is_hidden_or_temp(name: str) -> bool:
-    """True for names that are hidden (``.x``) or that writers use for unfinished files."""
-    return name.startswith(".") or name.endswith(TEMP_SUFFIXES)
-
-
-def temp_name(final: Path) -> Path:
-    """A hidden temporary sibling of ``final``: ``.<name>.<random>.part``, at most 255 bytes.
-
-    The name is cut by its UTF-8 bytes at a character boundary: a 255-byte name of
-    multibyte characters must still get a temp name the file system accepts.
-    """
-    token = secrets.token_hex(4)
-    room = 255 - len(f"..{token}.part")
-    stem = final.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
-    return final.with_name(f".{stem}.{token}.part")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or unlink in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the whole new content."""
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+from egress.kernel.fsutil import fsync_dir
+from egress.kernel.tempnames import temp_name
 
 
 def copy_atomically(source: Path, destination: Path) -> int:
     """Copy ``source`` to ``destination`` through a temp name (fsync, rename); returns the size."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(destination)
+    tmp = destination.with_name(temp_name(destination.name))
     try:
         shutil.copyfile(source, tmp)  # sendfile/copy_file_range on Linux: no bytes through Python
         with tmp.open("rb+") as handle:

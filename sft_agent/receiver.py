@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import signal
 import ssl
 import tempfile
@@ -31,7 +30,8 @@ from urllib.parse import unquote
 
 import structlog
 
-from sft_agent.files import fsync_dir
+from egress.kernel.fsutil import fsync_dir
+from egress.kernel.tempnames import temp_name
 from sft_agent.serving import QuickThreadingHTTPServer
 
 CHUNK = 1024 * 1024
@@ -75,24 +75,6 @@ def check_segment(segment: str, *, what: str) -> str:
     if len(segment.encode("utf-8", "surrogateescape")) > 255:
         raise RequestRefused(400, "unsafe_path", f"{what} is longer than 255 bytes")
     return segment
-
-
-NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, EFS)
-
-
-def temp_name(name: str) -> str:
-    """The hidden temporary name ``.<name>.<random>.part`` for ``name``, at most ``NAME_MAX`` bytes.
-
-    The name is cut to fit by its UTF-8 bytes, at a character boundary: a name of 255
-    bytes of ``€`` is 85 characters, and cutting characters would leave a temp name
-    too long to create.
-    """
-    token = secrets.token_hex(6)
-    budget = NAME_MAX - len(f"..{token}.part".encode())
-    # "ignore" drops the bytes of a character the cut split in two (and, in a name that
-    # came in with surrogate escapes, those bytes too: a temp name need not round-trip).
-    stem = name.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
-    return f".{stem}.{token}.part"
 
 
 def url_segments(raw_path: str) -> list[str]:

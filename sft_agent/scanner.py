@@ -1,7 +1,7 @@
 """Ready detection: which files in a watched folder are complete and may be claimed.
 
 A file is ready when it is a regular file (not a link, not a folder), its name is
-neither hidden nor a temp name (:func:`sft_agent.files.is_hidden_or_temp`), it matches
+neither hidden nor a temp name (:func:`egress.kernel.tempnames.is_hidden_or_temp`), it matches
 the route's ``filename_regex`` (whole name), and its size and modification time have not
 changed for ``min_age`` — measured on this agent's monotonic clock from the first scan
 that saw them, so a file copied in with an old mtime still waits ``min_age``.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_agent.files import is_hidden_or_temp
+from egress.kernel.tempnames import is_hidden_or_temp
 
 
 @dataclass(frozen=True)

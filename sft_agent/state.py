@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft_agent.files import write_atomically
+from egress.kernel.fsutil import write_atomically
 
 STATE_VERSION = 1
 

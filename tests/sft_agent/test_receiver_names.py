@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from sft_helpers import Pki, ReceiverProc, files_under
 
-from sft_agent.receiver import NAME_MAX, temp_name
+from egress.kernel.tempnames import NAME_MAX, temp_name
 
 EUROS = "€" * 85  # 255 bytes of UTF-8 in 85 characters
 
@@ -34,7 +34,9 @@ def digest_of(body: bytes) -> str:
     return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
 
 
-def send(receiver: ReceiverProc, pki: Pki, method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+def send(
+    receiver: ReceiverProc, pki: Pki, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> int:
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.load_cert_chain(pki.client_cert, pki.client_key)
     conn = http.client.HTTPSConnection("127.0.0.1", receiver.port, context=context, timeout=10)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from egress.kernel.tempnames import is_hidden_or_temp
 from sft_agent.actions import apply_rename, is_safe_name
 from sft_agent.claims import ClaimFolder
 from sft_agent.errors import DeliveryError
-from sft_agent.files import is_hidden_or_temp
 from sft_agent.push import filename_header_value, put_target
 from sft_agent.retry import gives_up, retry_delay
 from sft_agent.scanner import ReadyScanner

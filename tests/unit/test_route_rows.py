@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from egress.errors import PermanentError
+from egress.kernel.placeholders import resolve_placeholders
 from egress.plan import destination_name, plan_route
-from egress.routing import Route, candidate_keys, match_route, placeholder_variants, resolve_placeholders
+from egress.routing import Route, candidate_keys, match_route, placeholder_variants
 from egress.sources import SourceObject
 
 WHEN = datetime(2026, 11, 22, 7, 8, 9, tzinfo=UTC)
@@ -32,7 +33,9 @@ def route(**changes: object) -> Route:
 
 def test_a_good_row_has_no_problems() -> None:
     assert route().problems() == []
-    assert route(transfer_type="SFT", destination_bucket=None, destination_prefix="warehouse").problems() == []
+    assert (
+        route(transfer_type="SFT", destination_bucket=None, destination_prefix="warehouse").problems() == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,7 +57,10 @@ def test_a_good_row_has_no_problems() -> None:
         ({"colour": "blue"}, "unknown column(s): colour"),
         ({"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "../etc"}, "'..'"),
         ({"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "/etc"}, "not absolute"),
-        ({"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": ""}, "is required for SFT"),
+        (
+            {"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": ""},
+            "is required for SFT",
+        ),
         ({"transfer_type": "SFT", "destination_prefix": "w"}, "destination_bucket does not apply"),
     ],
 )
@@ -91,7 +97,9 @@ def test_placeholder_variants() -> None:
     cut=st.integers(min_value=0, max_value=40),
     dated=st.booleans(),
 )
-def test_a_matching_rows_key_is_always_among_the_candidates(folders: list[str], cut: int, dated: bool) -> None:
+def test_a_matching_rows_key_is_always_among_the_candidates(
+    folders: list[str], cut: int, dated: bool
+) -> None:
     if dated:
         folders = [*folders[:1], WHEN.strftime("%Y-%m-%d"), *folders[1:]]
     flag_prefix = "".join(f"{folder}/" for folder in folders)
@@ -136,15 +144,24 @@ def test_destination_name_transforms() -> None:
     assert name(route(decrypt=False), "exports/opsmi/d.csv.enc", "exports/opsmi/") == "opsmi/d.csv.enc"
     assert name(route(compress=True), "exports/opsmi/d.csv", "exports/opsmi/") == "opsmi/d.csv.gz"
     assert (
-        name(route(compress=True, compress_fmt="zstd", decrypt=True), "exports/opsmi/d.csv.enc", "exports/opsmi/")
+        name(
+            route(compress=True, compress_fmt="zstd", decrypt=True),
+            "exports/opsmi/d.csv.enc",
+            "exports/opsmi/",
+        )
         == "opsmi/d.csv.zst"
     )
-    assert name(route(timestamp_files=True), "exports/opsmi/s/d.csv", "exports/opsmi/") == "opsmi/s/d_20261122.csv"
+    assert (
+        name(route(timestamp_files=True), "exports/opsmi/s/d.csv", "exports/opsmi/")
+        == "opsmi/s/d_20261122.csv"
+    )
     dated = route(destination_prefix="out/$TODAYS_YYYYMMDD_FORMATTED_DATE/")
     assert name(dated, "exports/opsmi/d.csv", "exports/opsmi/") == "out/20261122/d.csv"
 
 
-@pytest.mark.parametrize("key", ["../../etc/passwd", "a/../../b", "a\\b", "a/.hidden", "x\x01y", "a/b.part", "a//b"])
+@pytest.mark.parametrize(
+    "key", ["../../etc/passwd", "a/../../b", "a\\b", "a/.hidden", "x\x01y", "a/b.part", "a//b"]
+)
 def test_sft_names_that_would_escape_or_hide_are_refused(key: str) -> None:
     sft = route(transfer_type="SFT", destination_bucket=None, destination_prefix="w")
     with pytest.raises(PermanentError) as raised:
@@ -155,7 +172,10 @@ def test_sft_names_that_would_escape_or_hide_are_refused(key: str) -> None:
 def test_two_objects_on_one_name_are_refused_before_anything_moves() -> None:
     match = match_route(route(decrypt=True), flag_prefix="exports/opsmi/", when=WHEN)
     assert match is not None
-    objects = [SourceObject("src-bucket", "exports/opsmi/a.csv", 1), SourceObject("src-bucket", "exports/opsmi/a.csv.enc", 1)]
+    objects = [
+        SourceObject("src-bucket", "exports/opsmi/a.csv", 1),
+        SourceObject("src-bucket", "exports/opsmi/a.csv.enc", 1),
+    ]
     with pytest.raises(PermanentError) as raised:
         list(plan_route(match, objects, event_time=WHEN))
     assert raised.value.reason == "name_collision"
@@ -171,7 +191,9 @@ def test_two_objects_on_one_name_are_refused_before_anything_moves() -> None:
         ("exports/opsmi/tab\there", "control character"),
     ],
 )
-def test_the_plan_refuses_what_the_sft_writer_would_refuse_before_any_byte_moves(key: str, fragment: str) -> None:
+def test_the_plan_refuses_what_the_sft_writer_would_refuse_before_any_byte_moves(
+    key: str, fragment: str
+) -> None:
     """One check: a route is never half delivered because one name fails at write time."""
     sft = route(transfer_type="SFT", destination_bucket=None, destination_prefix="warehouse")
     match = match_route(sft, flag_prefix="exports/opsmi/", when=WHEN)
@@ -210,7 +232,10 @@ def test_manifests_of_wildcard_rows_go_to_the_flags_own_folder() -> None:
     assert manifest_name(first) == "out/run-1/manifest.json"
     assert manifest_name(second) == "out/run-2/deeper/manifest.json"
     sft = route(
-        source_prefix="landing/*", transfer_type="SFT", destination_bucket=None, destination_prefix="team",
+        source_prefix="landing/*",
+        transfer_type="SFT",
+        destination_bucket=None,
+        destination_prefix="team",
         manifest_file_name="manifest.json",
     )
     match = match_route(sft, flag_prefix="landing/run-1/", when=WHEN)
@@ -222,7 +247,9 @@ def test_names_of_a_large_folder_are_checked_keeping_only_digests() -> None:
 
     match = match_route(route(decrypt=True), flag_prefix="exports/opsmi/", when=WHEN)
     assert match is not None
-    objects = [SourceObject("src-bucket", f"exports/opsmi/d{i // 100}/part-{i:05d}.csv", 1) for i in range(2500)]
+    objects = [
+        SourceObject("src-bucket", f"exports/opsmi/d{i // 100}/part-{i:05d}.csv", 1) for i in range(2500)
+    ]
     assert check_names(match, objects, event_time=WHEN) == 2500
     assert [item.destination_name for item in name_items(match, objects[:2], event_time=WHEN)] == [
         "opsmi/d0/part-00000.csv",
@@ -236,4 +263,6 @@ def test_names_of_a_large_folder_are_checked_keeping_only_digests() -> None:
         sft = route(transfer_type="SFT", destination_bucket=None, destination_prefix="w")
         sft_match = match_route(sft, flag_prefix="exports/opsmi/", when=WHEN)
         assert sft_match is not None
-        check_names(sft_match, [*objects, SourceObject("src-bucket", "exports/opsmi/late.tmp", 1)], event_time=WHEN)
+        check_names(
+            sft_match, [*objects, SourceObject("src-bucket", "exports/opsmi/late.tmp", 1)], event_time=WHEN
+        )
