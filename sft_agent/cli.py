@@ -14,16 +14,23 @@ from pathlib import Path
 import structlog
 
 from sft_agent.logs import configure_logging
-from sft_agent.settings import CONFIG_ENV, SettingsError, load_settings
+from sft_agent.settings import CONFIG_ENV, AgentSettings, SettingsError, load_settings
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings | None:
+    """The agent's settings, or ``None`` once the problems are printed (exit code 2)."""
+    try:
+        return load_settings(config_file=args.config)
+    except SettingsError as exc:
+        print(f"sft-agent: {exc}", file=sys.stderr)
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
     from sft_agent.agent import Agent, StartupError
 
-    try:
-        settings = load_settings(config_file=args.config)
-    except SettingsError as exc:
-        print(f"sft-agent: {exc}", file=sys.stderr)
+    settings = _settings(args)
+    if settings is None:
         return 2
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     dynamodb = None
@@ -50,10 +57,8 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from sft_agent.tls import TlsConfigError, client_context
 
-    try:
-        settings = load_settings(config_file=args.config)
-    except SettingsError as exc:
-        print(f"sft-agent: {exc}", file=sys.stderr)
+    settings = _settings(args)
+    if settings is None:
         return 2
     problems = []
     for index, route in enumerate(settings.routes):

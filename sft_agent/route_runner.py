@@ -482,29 +482,20 @@ class RouteRunner:
         state.last_detail = exc.detail
         self.metrics.failures.labels(route=self.route.name, reason=exc.reason).inc()
         retry = self.route.retry
+        failed = {
+            "reason": exc.reason,
+            "detail": exc.detail,
+            "attempt": state.attempts,
+            "max_attempts": retry.max_attempts,
+        }
         if exc.permanent or gives_up(retry, state.attempts):
-            log.error(
-                "attempt_failed",
-                reason=exc.reason,
-                detail=exc.detail,
-                attempt=state.attempts,
-                max_attempts=retry.max_attempts,
-                next="error_folder",
-            )
+            log.error("attempt_failed", **failed, next="error_folder")
             self._park_path(claimed.name, claimed.path, exc, state=state)
             return
         delay = retry_delay(retry, state.attempts, spread=self.spread())
         state.next_attempt_at = self.clock() + delay
         self._save_state(state, log=log)
-        log.warning(
-            "attempt_failed",
-            reason=exc.reason,
-            detail=exc.detail,
-            attempt=state.attempts,
-            max_attempts=retry.max_attempts,
-            next="retry",
-            retry_in_s=round(delay, 3),
-        )
+        log.warning("attempt_failed", **failed, next="retry", retry_in_s=round(delay, 3))
         self.metrics.files.labels(route=self.route.name, outcome="retry").inc()
         self.metrics.retries.labels(route=self.route.name).inc()
         if self.ledger is not None:
