@@ -1,4 +1,12 @@
-"""Building the boto3 clients: the only place that does, with one botocore config."""
+"""Building the boto3 clients: the only place that does, with one botocore config.
+
+That config (:meth:`AwsConfig.botocore_config`: standard retry mode, ``max_attempts``)
+is the one place where retries of a single AWS call are configured. botocore retries
+throttling, 5xx, request timeouts and connection errors with backoff and jitter; the
+callers (queue, ledger, sources, destinations) make each call once and translate what
+still fails. A retry above that is a retry of a larger unit of work (one object's
+move, a message), never of one call.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +49,10 @@ class AwsConfig:
     max_attempts: int = 4
 
     def botocore_config(self) -> Config:
-        """One botocore config for every client: standard retries, timeouts, pool size."""
+        """One botocore config for every client: standard retries, timeouts, pool size.
+
+        ``max_attempts`` counts the first try: each AWS call is sent at most that many times.
+        """
         return Config(
             region_name=self.region,
             retries={"mode": "standard", "max_attempts": self.max_attempts},

@@ -1,11 +1,12 @@
-"""The two error families the worker's loop decides on.
+"""The two error families the worker's loop decides on, and the translation of AWS errors.
 
 Every failure that reaches the loop is either a :class:`RetryableError` (try again
 later: throttling, 5xx, timeouts, KMS unavailable, disk short) or a
 :class:`PermanentError` (retrying cannot help: the message goes to the DLQ at once).
-Each carries a short machine-readable ``reason`` (used as the DLQ message attribute
-and as a metric label, so the set of reasons is small and fixed) and a one-line
-human ``detail``. Errors from AWS are translated where the call is made.
+Each carries a :class:`~egress.kernel.errors.Reason` (the DLQ message attribute and a
+metric label; the vocabulary of both programs is in :mod:`egress.kernel.errors`) and a
+one-line human ``detail``. Errors from AWS are translated where the call is made, by
+:func:`translate_client_error`.
 """
 
 from __future__ import annotations
@@ -21,42 +22,43 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-# Reasons of permanent failures (DLQ attribute ``reason``).
-MALFORMED_BODY: Final = "malformed_body"
-NO_ROUTE: Final = "no_route"
-INVALID_ROUTE: Final = "invalid_route"
-ACCESS_DENIED: Final = "access_denied"
-UNKNOWN_ENCRYPTION: Final = "unknown_encryption"
-AUTHENTICATION_FAILED: Final = "authentication_failed"
-KEY_NOT_ALLOWED: Final = "key_not_allowed"
-UNSAFE_KEY: Final = "unsafe_key"
-SOURCE_MISSING: Final = "source_missing"
-DESTINATION_MISSING: Final = "destination_missing"
-BUCKET_MISMATCH: Final = "bucket_mismatch"
-AWS_REJECTED: Final = "aws_rejected"
-INTEGRITY: Final = "integrity_mismatch"
-NAME_COLLISION: Final = "name_collision"
+from egress.kernel.errors import EgressError, Reason, StopRequested
 
-# Reasons of retryable failures (metric label, log field).
-THROTTLED: Final = "throttled"
-AWS_UNAVAILABLE: Final = "aws_unavailable"
-KMS_UNAVAILABLE: Final = "kms_unavailable"
-DISK_SHORT: Final = "disk_short"
-IN_PROGRESS_ELSEWHERE: Final = "in_progress_elsewhere"
-LEASE_LOST: Final = "lease_lost"
-SHUTDOWN: Final = "shutdown"
-TRANSIENT: Final = "transient"
-CREDENTIALS_EXPIRED: Final = "credentials_expired"
-REQUEST_TIMEOUT: Final = "request_timeout"
+__all__ = [
+    "TRANSIENT_NETWORK_ERRORS",
+    "EgressError",
+    "PermanentError",
+    "Reason",
+    "RetryableError",
+    "StopRequested",
+    "error_code",
+    "translate_client_error",
+]
 
-
-class EgressError(Exception):
-    """Base of both families: a reason code and one human line."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+# aliases: callers move to Reason.X in the lead's sweep
+MALFORMED_BODY: Final = Reason.MALFORMED_BODY
+NO_ROUTE: Final = Reason.NO_ROUTE
+INVALID_ROUTE: Final = Reason.INVALID_ROUTE
+ACCESS_DENIED: Final = Reason.ACCESS_DENIED
+UNKNOWN_ENCRYPTION: Final = Reason.UNKNOWN_ENCRYPTION
+AUTHENTICATION_FAILED: Final = Reason.AUTHENTICATION_FAILED
+KEY_NOT_ALLOWED: Final = Reason.KEY_NOT_ALLOWED
+UNSAFE_KEY: Final = Reason.UNSAFE_KEY
+SOURCE_MISSING: Final = Reason.SOURCE_MISSING
+DESTINATION_MISSING: Final = Reason.DESTINATION_MISSING
+AWS_REJECTED: Final = Reason.AWS_REJECTED
+INTEGRITY: Final = Reason.INTEGRITY_MISMATCH
+NAME_COLLISION: Final = Reason.NAME_COLLISION
+OBJECT_TOO_LARGE: Final = Reason.OBJECT_TOO_LARGE
+THROTTLED: Final = Reason.THROTTLED
+AWS_UNAVAILABLE: Final = Reason.AWS_UNAVAILABLE
+KMS_UNAVAILABLE: Final = Reason.KMS_UNAVAILABLE
+DISK_SHORT: Final = Reason.DISK_SHORT
+IN_PROGRESS_ELSEWHERE: Final = Reason.IN_PROGRESS_ELSEWHERE
+LEASE_LOST: Final = Reason.LEASE_LOST
+TRANSIENT: Final = Reason.TRANSIENT
+CREDENTIALS_EXPIRED: Final = Reason.CREDENTIALS_EXPIRED
+REQUEST_TIMEOUT: Final = Reason.REQUEST_TIMEOUT
 
 
 class RetryableError(EgressError):
@@ -65,13 +67,6 @@ class RetryableError(EgressError):
 
 class PermanentError(EgressError):
     """A failure that no retry can fix: the message goes to the DLQ with the reason."""
-
-
-class StopRequested(BaseException):  # noqa: N818 - control flow, not an error
-    """Raised inside work to unwind when the worker is told to abort.
-
-    A ``BaseException`` so that ``except Exception`` in delivery code cannot swallow it.
-    """
 
 
 _THROTTLING_CODES: Final = frozenset(
@@ -133,29 +128,27 @@ def translate_client_error(exc: BaseException, *, doing: str) -> EgressError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         message = str(exc.response.get("Error", {}).get("Message", ""))[:200]
         if code in _THROTTLING_CODES or status == 429:
-            return RetryableError(THROTTLED, f"{doing}: throttled ({code})")
+            return RetryableError(Reason.THROTTLED, f"{doing}: throttled ({code})")
         # Before the 403 test below: S3 answers an expired token with 400, STS and others with 403.
         if code in _EXPIRED_CREDENTIALS_CODES:
-            return RetryableError(CREDENTIALS_EXPIRED, f"{doing}: temporary credentials expired ({code})")
+            return RetryableError(
+                Reason.CREDENTIALS_EXPIRED, f"{doing}: temporary credentials expired ({code})"
+            )
         if code in _REQUEST_TIMEOUT_CODES:
             return RetryableError(
-                REQUEST_TIMEOUT, f"{doing}: the service timed out reading the request ({code})"
+                Reason.REQUEST_TIMEOUT, f"{doing}: the service timed out reading the request ({code})"
             )
         if code in _ACCESS_DENIED_CODES or status == 403:
-            return PermanentError(ACCESS_DENIED, f"{doing}: access denied ({code})")
+            return PermanentError(Reason.ACCESS_DENIED, f"{doing}: access denied ({code})")
         if code in _MISSING_BUCKET_CODES:
-            return PermanentError(DESTINATION_MISSING, f"{doing}: {code}")
+            return PermanentError(Reason.DESTINATION_MISSING, f"{doing}: {code}")
         if code in _MISSING_CODES or status == 404:
-            return PermanentError(SOURCE_MISSING, f"{doing}: not found ({code})")
+            return PermanentError(Reason.SOURCE_MISSING, f"{doing}: not found ({code})")
         if status >= 500 or code in {"InternalError", "ServiceUnavailable", "InternalFailure"}:
-            return RetryableError(AWS_UNAVAILABLE, f"{doing}: {code or status} {message}")
-        return PermanentError(AWS_REJECTED, f"{doing}: {code or status} {message}")
+            return RetryableError(Reason.AWS_UNAVAILABLE, f"{doing}: {code or status} {message}")
+        return PermanentError(Reason.AWS_REJECTED, f"{doing}: {code or status} {message}")
     if isinstance(exc, TRANSIENT_NETWORK_ERRORS):
-        return RetryableError(AWS_UNAVAILABLE, f"{doing}: {type(exc).__name__}")
+        return RetryableError(Reason.AWS_UNAVAILABLE, f"{doing}: {type(exc).__name__}")
     if isinstance(exc, BotoCoreError):
-        return RetryableError(TRANSIENT, f"{doing}: {type(exc).__name__}: {exc}")
-    return RetryableError(TRANSIENT, f"{doing}: {type(exc).__name__}: {exc}")
-
-# Appended by the destinations (permanent): a stream longer than 10,000 parts of the
-# configured part size, S3's limit for one multipart upload.
-OBJECT_TOO_LARGE: Final = "object_too_large"
+        return RetryableError(Reason.TRANSIENT, f"{doing}: {type(exc).__name__}: {exc}")
+    return RetryableError(Reason.TRANSIENT, f"{doing}: {type(exc).__name__}: {exc}")

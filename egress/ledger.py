@@ -34,17 +34,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from egress.errors import (
-    IN_PROGRESS_ELSEWHERE,
-    LEASE_LOST,
-    THROTTLED,
-    EgressError,
-    RetryableError,
-    error_code,
-    translate_client_error,
-)
+from egress.errors import EgressError, Reason, RetryableError, error_code, translate_client_error
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -107,7 +98,7 @@ class LeaseHeld(RetryableError):
     """Another live worker holds the delivery; try again after ``retry_after`` seconds."""
 
     def __init__(self, detail: str, *, retry_after: float) -> None:
-        super().__init__(IN_PROGRESS_ELSEWHERE, detail)
+        super().__init__(Reason.IN_PROGRESS_ELSEWHERE, detail)
         self.retry_after = retry_after
 
 
@@ -168,19 +159,6 @@ class ObjectRecord:
             "sha256": self.sha256,
             "source_key": self.source_key,
         }
-
-
-def _worth_retrying(exc: BaseException) -> bool:
-    """Transient AWS trouble, not a claim held or lost (asking again at once cannot help)."""
-    return isinstance(exc, RetryableError) and exc.reason not in {IN_PROGRESS_ELSEWHERE, LEASE_LOST}
-
-
-_aws_retry = retry(
-    retry=retry_if_exception(_worth_retrying),
-    stop=stop_after_attempt(4),
-    wait=wait_random_exponential(multiplier=0.2, max=5),
-    reraise=True,
-)
 
 
 def create_ledger_table(dynamodb: DynamoDBClient, name: str) -> None:
@@ -265,7 +243,12 @@ def object_record_name(name: str) -> str:
 
 
 class Ledger:
-    """Conditional writes on the ledger table; every method translates AWS errors."""
+    """Conditional writes on the ledger table; every method translates AWS errors.
+
+    Each DynamoDB call is made once here: botocore's standard retry mode (:mod:`egress.aws`)
+    retries throttling, 5xx and connection errors. Only a batch write's unprocessed items,
+    which DynamoDB answers with success, are sent again here.
+    """
 
     def __init__(
         self,
@@ -298,7 +281,6 @@ class Ledger:
         return self._lease
 
     # -- the claim -------------------------------------------------------------------------
-    @_aws_retry
     def begin(self, key: DeliveryKey, *, recipient: str, transfer_type: str) -> Lease:
         """Take the lease on a delivery, or learn it is done, or that a live worker holds it.
 
@@ -369,7 +351,6 @@ class Ledger:
             retry_after=max(0.0, remaining),
         )
 
-    @_aws_retry
     def renew(self, key: DeliveryKey) -> None:
         """Extend this worker's lease (called with the visibility heartbeat, before it).
 
@@ -386,7 +367,6 @@ class Ledger:
             if key.delivery_id in self._tokens:
                 self._renewed[key.delivery_id] = now
 
-    @_aws_retry
     def finish(self, key: DeliveryKey, *, objects: int, size: int) -> None:
         """Mark the delivery done, with what it moved."""
         self._update(
@@ -405,7 +385,6 @@ class Ledger:
         )
         self._forget(key)
 
-    @_aws_retry
     def fail(self, key: DeliveryKey, *, reason: str) -> None:
         """Give the lease back after a failure, recording why (the row stays for audit)."""
         self._update(
@@ -462,7 +441,6 @@ class Ledger:
         row.update({name: value for name, value in extra.items() if value is not None})
         return {name: _serializer.serialize(value) for name, value in row.items()}
 
-    @_aws_retry
     def record(self, key: DeliveryKey, items: list[dict[str, Any]]) -> None:
         """Write object rows, fenced by this claim's lease (``RetryableError(lease_lost)`` if gone).
 
@@ -563,13 +541,14 @@ class Ledger:
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 raise RetryableError(
-                    LEASE_LOST, f"{doing}: the lease was taken over by another worker"
+                    Reason.LEASE_LOST, f"{doing}: the lease was taken over by another worker"
                 ) from exc
             raise translate_client_error(exc, doing=doing) from exc
         except BotoCoreError as exc:
             raise translate_client_error(exc, doing=doing) from exc
 
     def _write_batch(self, items: list[dict[str, Any]]) -> None:
+        # Unprocessed items come back in a successful answer, so botocore does not retry them.
         requests: list[Any] = [{"PutRequest": {"Item": item}} for item in items]
         delay = 0.05
         for _ in range(8):
@@ -582,7 +561,7 @@ class Ledger:
                 return
             time.sleep(delay)
             delay = min(2.0, delay * 2)
-        raise RetryableError(THROTTLED, f"recording progress: {len(requests)} rows left unprocessed")
+        raise RetryableError(Reason.THROTTLED, f"recording progress: {len(requests)} rows left unprocessed")
 
 
 class ProgressLog:

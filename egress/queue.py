@@ -1,26 +1,25 @@
-"""The SQS side: receiving flag messages, extending, releasing, deleting, dead-lettering."""
+"""The SQS side: receiving flag messages, extending, releasing, deleting, dead-lettering.
+
+Each call is made once here and translated where it is made; botocore's standard retry
+mode (:mod:`egress.aws`) retries it on throttling, 5xx and connection errors. Nothing
+here retries on top: a second layer would multiply the attempts of one call, and retrying
+a send-then-delete whose delete failed would send the message twice.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from egress.errors import RetryableError, error_code, translate_client_error
+from egress.errors import error_code, translate_client_error
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 MAX_VISIBILITY = 12 * 3600
-
-_aws_retry = retry(
-    retry=retry_if_exception_type(RetryableError),
-    stop=stop_after_attempt(4),
-    wait=wait_random_exponential(multiplier=0.2, max=5),
-    reraise=True,
-)
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,6 @@ class FlagQueue:
             return cls(sqs, queue_url=queue_url, dlq_url=dlq_url)
         try:
             attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-            import json
-
             policy = json.loads(attributes.get("Attributes", {}).get("RedrivePolicy", "{}"))
             arn = str(policy.get("deadLetterTargetArn", ""))
             if not arn:
@@ -97,7 +94,6 @@ class FlagQueue:
             )
         return messages
 
-    @_aws_retry
     def delete(self, message: Message) -> None:
         """Delete a handled message."""
         try:
@@ -105,7 +101,6 @@ class FlagQueue:
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, doing=f"deleting message {message.message_id}") from exc
 
-    @_aws_retry
     def set_visibility(self, message: Message, seconds: int) -> None:
         """Extend (heartbeat) or release (0 / backoff) a message's visibility."""
         try:
@@ -121,7 +116,6 @@ class FlagQueue:
         except BotoCoreError as exc:
             raise translate_client_error(exc, doing=f"changing visibility of {message.message_id}") from exc
 
-    @_aws_retry
     def requeue(self, message: Message, *, delay_seconds: int) -> None:
         """Put the message back as a new message visible in ``delay_seconds`` (at most 900), then delete it.
 
@@ -144,7 +138,6 @@ class FlagQueue:
             raise translate_client_error(exc, doing=f"requeueing {message.message_id}") from exc
         self.delete(message)
 
-    @_aws_retry
     def dead_letter(self, message: Message, *, reason: str, detail: str) -> None:
         """Move a message to the DLQ now, with ``reason``/``detail`` attributes, then delete it.
 

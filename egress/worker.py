@@ -31,12 +31,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from egress import metrics
 from egress.delivery import ByteBudget, RouteDelivery
 from egress.errors import (
-    IN_PROGRESS_ELSEWHERE,
-    INVALID_ROUTE,
-    LEASE_LOST,
-    MALFORMED_BODY,
     EgressError,
     PermanentError,
+    Reason,
     RetryableError,
     StopRequested,
     translate_client_error,
@@ -259,8 +256,8 @@ class Worker:
             self._handle_message(entry)
         except BaseException as exc:  # noqa: BLE001 - one message never kills the worker
             log.exception("unexpected error handling message", error=type(exc).__name__)
-            metrics.FAILURES.labels(kind="retryable", reason="internal_error").inc()
-            self._retry_later(message, reason="internal_error", detail=f"{type(exc).__name__}: {exc}")
+            metrics.FAILURES.labels(kind="retryable", reason=Reason.INTERNAL_ERROR).inc()
+            self._retry_later(message, reason=Reason.INTERNAL_ERROR, detail=f"{type(exc).__name__}: {exc}")
         finally:
             with self._inflight_lock:
                 self._inflight.pop(message.message_id, None)
@@ -275,7 +272,7 @@ class Worker:
         try:
             parsed = parse_body(message.body, flag_name=self.settings.flag_name)
         except MalformedMessage as exc:
-            self._dead_letter(message, PermanentError(MALFORMED_BODY, str(exc)))
+            self._dead_letter(message, PermanentError(Reason.MALFORMED_BODY, str(exc)))
             return
         if isinstance(parsed, Ignored):
             log.info("message ignored", why=parsed.why)
@@ -291,7 +288,9 @@ class Worker:
                 delivered += self._deliver_event(entry, event, permanent=permanent, retryable=retryable)
             except StopRequested:
                 if entry.lease_lost:
-                    retryable.append(RetryableError(LEASE_LOST, "another worker took the delivery over"))
+                    retryable.append(
+                        RetryableError(Reason.LEASE_LOST, "another worker took the delivery over")
+                    )
                     continue
                 self._release(message, why="shutdown")
                 return
@@ -337,7 +336,7 @@ class Worker:
                 problems = "; ".join(match.problems)
                 permanent.append(
                     PermanentError(
-                        INVALID_ROUTE,
+                        Reason.INVALID_ROUTE,
                         f"route ({route.source_prefix!r}, {route.pipeline_name!r}) is invalid: {problems}",
                     )
                 )
@@ -391,7 +390,7 @@ class Worker:
         metrics.DLQ_MOVES.labels(reason=error.reason).inc()
         metrics.MESSAGES.labels(outcome="dead_lettered").inc()
 
-    def _retry_later(self, message: Message, *, reason: str, detail: str) -> None:
+    def _retry_later(self, message: Message, *, reason: Reason, detail: str) -> None:
         base = self.settings.backoff_base_seconds
         delay = min(self.settings.backoff_max_seconds, base * 2 ** max(0, message.receive_count - 1))
         delay = int(delay * (0.8 + 0.4 * random.random()))  # noqa: S311 - jitter, not crypto
@@ -417,7 +416,7 @@ class Worker:
             self._queue.requeue(message, delay_seconds=seconds)
         except (ReceiptGone, EgressError) as exc:
             log.warning("could not requeue; retrying later instead", error=str(exc)[:200])
-            self._retry_later(message, reason=IN_PROGRESS_ELSEWHERE, detail=str(exc)[:200])
+            self._retry_later(message, reason=Reason.IN_PROGRESS_ELSEWHERE, detail=str(exc)[:200])
             return
         log.info("held by another worker: message requeued", visible_in_seconds=seconds)
         metrics.REQUEUES.inc()
@@ -446,7 +445,7 @@ class Worker:
                     try:
                         self._ledger.renew(key)
                     except RetryableError as exc:
-                        if exc.reason == LEASE_LOST:
+                        if exc.reason == Reason.LEASE_LOST:
                             log.warning(
                                 "lease lost: another worker took the delivery over",
                                 message_id=entry.message.message_id,
@@ -514,7 +513,7 @@ def run_worker(settings: WorkerSettings) -> int:
             settings.sft_root, free_space_margin_bytes=settings.free_space_margin_mb * 1024 * 1024
         ),
     )
-    probes = metrics.ProbeServer(
+    probes = metrics.WorkerProbeServer(
         host=settings.metrics_host, port=settings.metrics_port, healthy=worker.healthy, ready=worker.ready
     )
     probes.start()

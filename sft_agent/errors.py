@@ -1,72 +1,70 @@
-"""What can go wrong with one file, as a short reason code and one human line.
+"""What can go wrong with one file, as a :class:`~egress.kernel.errors.Reason` and one human line.
 
 Reasons are metric labels and the ``reason`` of the JSON left beside a file in the error
-folder, so the set is small and fixed. Every delivery failure is retried with backoff
-until the route's ``max_attempts``, except the few marked permanent (no retry can help).
+folder, so the set is small and fixed: the agent's group of the shared vocabulary
+(:mod:`egress.kernel.errors`). Every delivery failure is retried with backoff until the
+route's ``max_attempts``, except the few marked permanent (no retry can help).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-# Network and TLS.
-CONNECT: Final = "connect"
-TLS_VERIFY: Final = "tls_verify"
-TLS: Final = "tls"
-TIMEOUT: Final = "timeout"
-DISCONNECTED: Final = "disconnected"
-# Answers of the receiving system.
-HTTP_4XX: Final = "http_4xx"
-HTTP_5XX: Final = "http_5xx"
-HTTP_OTHER: Final = "http_other"
-DIGEST_MISMATCH: Final = "digest_mismatch"
-# Any answer (even a 2xx) that came before the whole body was sent: never a delivery.
-EARLY_RESPONSE: Final = "early_response"
-# Local.
-COPY_FAILED: Final = "copy_failed"
-FILE_CHANGED: Final = "file_changed"
-INVALID_NAME: Final = "invalid_name"
-IO_ERROR: Final = "io_error"
-SUPERSEDED: Final = "superseded"
+from egress.kernel.errors import EgressError, Reason, StopRequested
 
+# The reasons the agent reports; a DeliveryError with any other is a bug.
 REASONS: Final = frozenset(
     {
-        CONNECT,
-        TLS_VERIFY,
-        TLS,
-        TIMEOUT,
-        DISCONNECTED,
-        HTTP_4XX,
-        HTTP_5XX,
-        HTTP_OTHER,
-        DIGEST_MISMATCH,
-        EARLY_RESPONSE,
-        COPY_FAILED,
-        FILE_CHANGED,
-        INVALID_NAME,
-        IO_ERROR,
-        SUPERSEDED,
+        Reason.CONNECT,
+        Reason.TLS_VERIFY,
+        Reason.TLS,
+        Reason.TIMEOUT,
+        Reason.DISCONNECTED,
+        Reason.HTTP_4XX,
+        Reason.HTTP_5XX,
+        Reason.HTTP_OTHER,
+        Reason.DIGEST_MISMATCH,
+        Reason.EARLY_RESPONSE,
+        Reason.COPY_FAILED,
+        Reason.FILE_CHANGED,
+        Reason.INVALID_NAME,
+        Reason.IO_ERROR,
+        Reason.SUPERSEDED,
     }
 )
 
+# aliases: callers move to Reason.X in the lead's sweep
+CONNECT: Final = Reason.CONNECT
+TLS_VERIFY: Final = Reason.TLS_VERIFY
+TLS: Final = Reason.TLS
+TIMEOUT: Final = Reason.TIMEOUT
+DISCONNECTED: Final = Reason.DISCONNECTED
+HTTP_4XX: Final = Reason.HTTP_4XX
+HTTP_5XX: Final = Reason.HTTP_5XX
+HTTP_OTHER: Final = Reason.HTTP_OTHER
+DIGEST_MISMATCH: Final = Reason.DIGEST_MISMATCH
+EARLY_RESPONSE: Final = Reason.EARLY_RESPONSE
+COPY_FAILED: Final = Reason.COPY_FAILED
+FILE_CHANGED: Final = Reason.FILE_CHANGED
+INVALID_NAME: Final = Reason.INVALID_NAME
+IO_ERROR: Final = Reason.IO_ERROR
+SUPERSEDED: Final = Reason.SUPERSEDED
+# The agent's "stop now" is the worker's: one control-flow exception (egress.kernel.errors).
+AbortRequested = StopRequested
 
-class DeliveryError(Exception):
-    """One action failed for one file. ``permanent``: retrying cannot help."""
+__all__ = ["REASONS", "AbortRequested", "DeliveryError", "Reason", "StopRequested"]
+
+
+class DeliveryError(EgressError):
+    """One action failed for one file. ``permanent``: retrying cannot help.
+
+    ``status`` is the receiver's HTTP status when it answered.
+    """
 
     def __init__(
-        self, reason: str, detail: str, *, permanent: bool = False, status: int | None = None
+        self, reason: Reason | str, detail: str, *, permanent: bool = False, status: int | None = None
     ) -> None:
-        super().__init__(f"{reason}: {detail}")
-        assert reason in REASONS, reason
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
+        assert self.reason in REASONS, reason
         self.permanent = permanent
         self.status = status
-
-
-class AbortRequested(BaseException):  # noqa: N818 - control flow, not an error
-    """Raised inside a send when the agent must stop now (grace period over, second signal).
-
-    A ``BaseException`` so that ``except Exception`` in action code cannot swallow it: the
-    file is put back untouched and no attempt is counted.
-    """

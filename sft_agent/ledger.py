@@ -54,14 +54,17 @@ _QUEUE_SIZE = 10_000
 _CACHE_SIZE = 10_000
 _DETAIL_MAX = 1000
 # The worker writes the row just before it renames the file into place; the index may lag.
+# (Looking again after these waits is for an empty answer, not for a failed call.)
 _LOOKUP_WAITS = (0.25, 0.75)
 
 
 def build_dynamodb_client(settings: LedgerSettings) -> DynamoDBClient:
     """The agent's DynamoDB client: short timeouts and few retries, since ledger calls must stay cheap.
 
-    Region from the settings (``AWS_REGION``), endpoint and credentials from the standard
-    environment (``AWS_ENDPOINT_URL``, the task role, …).
+    Its standard retry mode is the only retry of a ledger call (none is layered on top:
+    a call that still fails is logged and counted). Region from the settings
+    (``AWS_REGION``), endpoint and credentials from the standard environment
+    (``AWS_ENDPOINT_URL``, the task role, …).
     """
     config = Config(
         region_name=settings.region,

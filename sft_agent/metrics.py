@@ -1,4 +1,4 @@
-"""Every metric of the agent, and the HTTP endpoint serving them with ``/healthz``.
+"""Every metric of the agent, and its metrics server (served by :mod:`egress.kernel.probes`).
 
 Labels are low-cardinality by design: ``route`` (a name from the config), ``outcome``
 and ``reason`` (fixed sets) — never a file name.
@@ -6,20 +6,11 @@ and ``reason`` (fixed sets) — never a file name.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from egress.pooled_http import PooledHTTPServer
+from egress.kernel.probes import DEFAULT_LIMITS, Probe, ProbeServer, ServingLimits
 
 
 class AgentMetrics:
@@ -35,34 +26,28 @@ class AgentMetrics:
             ["route", "outcome"],
             registry=r,
         )
-        self.bytes_sent = Counter(
-            "sft_agent_bytes_sent_total", "Body bytes of successful http actions", ["route"], registry=r
+        self.bytes_sent = self._route_counter(
+            "sft_agent_bytes_sent_total", "Body bytes of successful http actions"
         )
         self.failures = Counter(
             "sft_agent_failures_total", "Failed attempts, by reason", ["route", "reason"], registry=r
         )
-        self.retries = Counter("sft_agent_retries_total", "Retries scheduled", ["route"], registry=r)
-        self.backlog = Gauge(
+        self.retries = self._route_counter("sft_agent_retries_total", "Retries scheduled")
+        self.backlog = self._route_gauge(
             "sft_agent_backlog_files",
             "Files waiting in the watched folder (not yet ready, ready, or waiting for a retry)",
-            ["route"],
-            registry=r,
         )
-        self.oldest_age = Gauge(
+        self.oldest_age = self._route_gauge(
             "sft_agent_oldest_file_age_seconds",
             "Age (by modification time) of the oldest file waiting in the watched folder; 0 if none",
-            ["route"],
-            registry=r,
         )
-        self.in_flight = Gauge("sft_agent_in_flight_files", "Files being sent now", ["route"], registry=r)
-        self.error_files = Gauge(
-            "sft_agent_error_folder_files", "Files in the route's error folder", ["route"], registry=r
+        self.in_flight = self._route_gauge("sft_agent_in_flight_files", "Files being sent now")
+        self.error_files = self._route_gauge(
+            "sft_agent_error_folder_files", "Files in the route's error folder"
         )
-        self.cert_expiry_days = Gauge(
+        self.cert_expiry_days = self._route_gauge(
             "sft_agent_client_certificate_expiry_days",
             "Days until the route's client certificate expires (negative once expired)",
-            ["route"],
-            registry=r,
         )
         self.send_seconds = Histogram(
             "sft_agent_file_duration_seconds",
@@ -71,11 +56,8 @@ class AgentMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
             registry=r,
         )
-        self.last_scan = Gauge(
-            "sft_agent_last_scan_timestamp_seconds",
-            "When the route's folder was last scanned",
-            ["route"],
-            registry=r,
+        self.last_scan = self._route_gauge(
+            "sft_agent_last_scan_timestamp_seconds", "When the route's folder was last scanned"
         )
 
         self.ledger_updates = Counter(
@@ -106,6 +88,12 @@ class AgentMetrics:
             registry=r,
         )
 
+    def _route_counter(self, name: str, documentation: str) -> Counter:
+        return Counter(name, documentation, ["route"], registry=self.registry)
+
+    def _route_gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, ["route"], registry=self.registry)
+
     def register_ledger(self) -> None:
         """Create the ledger series at zero."""
         for status in ("sending", "retry", "sent", "parked"):
@@ -125,12 +113,8 @@ class AgentMetrics:
         self.error_files.labels(route=route)
 
 
-class MetricsServer:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 while ``healthy()``) on one port.
-
-    On a :class:`PooledHTTPServer`: idle or stalled clients hold no thread, so ``/healthz``
-    keeps answering while they are connected.
-    """
+class MetricsServer(ProbeServer):
+    """The agent's ``/metrics`` (Prometheus text) and ``/healthz`` (200 while ``healthy()``) on one port."""
 
     def __init__(
         self,
@@ -139,52 +123,13 @@ class MetricsServer:
         host: str,
         port: int,
         healthy: Callable[[], bool],
-        workers: int = 4,
-        idle_timeout: float = 5.0,
-        io_timeout: float = 5.0,
-        request_timeout: float = 10.0,
+        limits: ServingLimits = DEFAULT_LIMITS,
     ) -> None:
-        registry = metrics.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
-                elif path == "/healthz":
-                    ok = healthy()
-                    body, status, kind = (b"ok\n" if ok else b"stalled\n"), (200 if ok else 503), "text/plain"
-                else:
-                    body, status, kind = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base
-                return
-
-        self._server = PooledHTTPServer(
-            (host, port),
-            Handler,
-            workers=workers,
-            idle_timeout=idle_timeout,
-            io_timeout=io_timeout,
-            request_timeout=request_timeout,
+        super().__init__(
+            metrics.registry,
+            host=host,
+            port=port,
+            probes={"/healthz": Probe(healthy, ok=b"ok\n", failing=b"stalled\n")},
+            thread_name="metrics",
+            limits=limits,
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        """Serve in a background thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()

@@ -1,10 +1,10 @@
-"""HTTP server bases: IPv6-aware, no reverse DNS at bind.
+"""The receiver's HTTP server base (IPv6-aware, no reverse DNS at bind) and ``HOST:PORT`` parsing.
 
 :class:`QuickThreadingHTTPServer` (the receiver) runs a thread per connection, with TLS
 optional per connection; the handshake runs in the connection's own thread (not in the
 accept loop), so a client that connects and stalls holds only its thread, never the
-listener. :class:`PooledHTTPServer` (the metrics endpoint) holds no thread for an idle
-client and serves requests on a fixed pool, so probes keep answering whoever connects.
+listener. The metrics endpoint is the kernel's probe server (:mod:`egress.kernel.probes`),
+which holds no thread for an idle client, so probes keep answering whoever connects.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from egress.pooled_http import bind_without_dns
+from egress.kernel.pooled_http import bind_without_dns
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -19,7 +19,8 @@ from typing import Protocol
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from egress.metrics import ProbeServer
+from egress.kernel.probes import ServingLimits
+from egress.metrics import WorkerProbeServer
 from sft_agent.metrics import AgentMetrics, MetricsServer
 
 WORKERS = 4
@@ -49,17 +50,16 @@ class Started:
 
 @pytest.fixture(params=["worker", "agent"])
 def probes(request: pytest.FixtureRequest) -> Iterator[Started]:
-    timeouts = {
-        "workers": WORKERS,
-        "idle_timeout": IDLE_TIMEOUT,
-        "io_timeout": 1.0,
-        "request_timeout": REQUEST_TIMEOUT,
-    }
+    limits = ServingLimits(
+        workers=WORKERS, idle_timeout=IDLE_TIMEOUT, io_timeout=1.0, request_timeout=REQUEST_TIMEOUT
+    )
     server: Serving
     if request.param == "worker":
-        server = ProbeServer(host="127.0.0.1", port=0, healthy=lambda: True, ready=lambda: False, **timeouts)
+        server = WorkerProbeServer(
+            host="127.0.0.1", port=0, healthy=lambda: True, ready=lambda: False, limits=limits
+        )
     else:
-        server = MetricsServer(AgentMetrics(), host="127.0.0.1", port=0, healthy=lambda: True, **timeouts)
+        server = MetricsServer(AgentMetrics(), host="127.0.0.1", port=0, healthy=lambda: True, limits=limits)
     before = threading.active_count()
     server.start()
     try:
@@ -151,13 +151,28 @@ def test_probe_paths_and_content_types_are_kept(probes: Started) -> None:
     status, kind, body = get(port, "/healthz?verbose=1")
     assert (status, kind, body) == (200, "text/plain", b"ok\n")
     assert get(port, "/nowhere")[0] == 404
-    if isinstance(probes.server, ProbeServer):
+    if isinstance(probes.server, WorkerProbeServer):
         assert get(port, "/readyz")[:3] == (503, "text/plain", b"not ready\n")
+
+
+def test_a_failing_healthz_answers_503_with_each_programs_body() -> None:
+    worker = WorkerProbeServer(host="127.0.0.1", port=0, healthy=lambda: False, ready=lambda: True)
+    agent = MetricsServer(AgentMetrics(), host="127.0.0.1", port=0, healthy=lambda: False)
+    for server in (worker, agent):
+        server.start()
+    try:
+        assert get(worker.port, "/healthz") == (503, "text/plain", b"loop stalled\n")
+        assert get(worker.port, "/readyz") == (200, "text/plain", b"ready\n")
+        assert get(agent.port, "/healthz") == (503, "text/plain", b"stalled\n")
+        assert get(agent.port, "/readyz")[0] == 404  # the agent has no readiness probe
+    finally:
+        for server in (worker, agent):
+            server.stop()
 
 
 def test_stop_returns_promptly_with_idle_connections_open() -> None:
     before = threading.active_count()
-    server = ProbeServer(host="127.0.0.1", port=0, healthy=lambda: True, ready=lambda: True)
+    server = WorkerProbeServer(host="127.0.0.1", port=0, healthy=lambda: True, ready=lambda: True)
     server.start()
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(20)]
     try:

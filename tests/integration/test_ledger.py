@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from egress.aws import AwsClients
-from egress.errors import LEASE_LOST, RetryableError
+from egress.errors import Reason, RetryableError
 from egress.ledger import (
     DONE,
     UPLOADING,
@@ -66,7 +66,7 @@ def test_a_dead_workers_claim_lapses_with_its_lease_and_is_taken_over(aws: AwsCl
     ):
         with pytest.raises(RetryableError) as lost:
             attempt()
-        assert lost.value.reason == LEASE_LOST
+        assert lost.value.reason == Reason.LEASE_LOST
     assert set(second.objects(KEY)) == {"out/a"}
     second.finish(KEY, objects=1, size=1)
     assert first.begin(KEY, recipient="team", transfer_type="S3").claim is Claim.ALREADY_DELIVERED
@@ -99,7 +99,10 @@ def test_two_claims_at_once_one_wins(aws: AwsClients, table: str) -> None:
         for thread in threads:
             thread.join()
     for key in keys:
-        assert sorted(o.split(":")[1] for o in outcomes if o.startswith(key.flag_key + ":")) == ["held", "won"]
+        assert sorted(o.split(":")[1] for o in outcomes if o.startswith(key.flag_key + ":")) == [
+            "held",
+            "won",
+        ]
 
 
 def test_progress_is_checkpointed_in_batches_and_on_a_timer(aws: AwsClients, table: str) -> None:
@@ -112,7 +115,11 @@ def test_progress_is_checkpointed_in_batches_and_on_a_timer(aws: AwsClients, tab
     threading.Event().wait(0.8)  # the timer's checkpoint
     assert len(ledger.objects(KEY)) == 60
     log.record_now(
-        [ledger.object_item(KEY, name="out/big", status=UPLOADING, source_key="in/big", mpu_id="u-1", bucket="d")]
+        [
+            ledger.object_item(
+                KEY, name="out/big", status=UPLOADING, source_key="in/big", mpu_id="u-1", bucket="d"
+            )
+        ]
     )
     records = ledger.objects(KEY)
     assert records["out/big"].mpu_id == "u-1" and records["out/007"].size == 7
@@ -126,8 +133,15 @@ def test_sft_rows_are_found_by_path_and_digest(aws: AwsClients, table: str) -> N
         KEY,
         [
             ledger.object_item(
-                KEY, name="team/a.csv", status=WRITTEN, source_key="exports/x/a.csv", size=3,
-                sha256="ab" * 32, sft_path="team/a.csv", unsent="sft", temp_name=".a.csv.x.part",
+                KEY,
+                name="team/a.csv",
+                status=WRITTEN,
+                source_key="exports/x/a.csv",
+                size=3,
+                sha256="ab" * 32,
+                sft_path="team/a.csv",
+                unsent="sft",
+                temp_name=".a.csv.x.part",
             )
         ],
     )

@@ -1,22 +1,24 @@
 """Hardening of the worker's AWS boundary: expired credentials and request timeouts are
-transient, and assumed-role credentials renew themselves while a client is in use."""
+transient, reasons leave as plain strings, and assumed-role credentials renew themselves
+while a client is in use."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 from botocore.exceptions import ClientError
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from egress.aws import AwsClients, credentials_metadata, refreshable_session
 from egress.errors import (
-    ACCESS_DENIED,
-    CREDENTIALS_EXPIRED,
-    REQUEST_TIMEOUT,
     PermanentError,
+    Reason,
     RetryableError,
     translate_client_error,
 )
@@ -27,7 +29,10 @@ _CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 
 def client_error(code: str, status: int, operation: str = "UploadPart") -> ClientError:
     return ClientError(
-        {"Error": {"Code": code, "Message": f"{code} happened"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        {
+            "Error": {"Code": code, "Message": f"{code} happened"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
         operation,
     )
 
@@ -38,15 +43,17 @@ def client_error(code: str, status: int, operation: str = "UploadPart") -> Clien
 @pytest.mark.parametrize(
     ("code", "status", "reason"),
     [
-        ("ExpiredToken", 400, CREDENTIALS_EXPIRED),  # S3
-        ("ExpiredToken", 403, CREDENTIALS_EXPIRED),
-        ("ExpiredTokenException", 403, CREDENTIALS_EXPIRED),  # STS, DynamoDB, KMS
-        ("RequestExpired", 400, CREDENTIALS_EXPIRED),
-        ("RequestTimeout", 400, REQUEST_TIMEOUT),  # S3: the body came too slowly
-        ("RequestTimeoutException", 408, REQUEST_TIMEOUT),
+        ("ExpiredToken", 400, Reason.CREDENTIALS_EXPIRED),  # S3
+        ("ExpiredToken", 403, Reason.CREDENTIALS_EXPIRED),
+        ("ExpiredTokenException", 403, Reason.CREDENTIALS_EXPIRED),  # STS, DynamoDB, KMS
+        ("RequestExpired", 400, Reason.CREDENTIALS_EXPIRED),
+        ("RequestTimeout", 400, Reason.REQUEST_TIMEOUT),  # S3: the body came too slowly
+        ("RequestTimeoutException", 408, Reason.REQUEST_TIMEOUT),
     ],
 )
-def test_expired_credentials_and_request_timeouts_are_retryable(code: str, status: int, reason: str) -> None:
+def test_expired_credentials_and_request_timeouts_are_retryable(
+    code: str, status: int, reason: Reason
+) -> None:
     translated = translate_client_error(client_error(code, status), doing="uploading part 3 of s3://b/k")
     assert isinstance(translated, RetryableError), translated
     assert translated.reason == reason
@@ -56,7 +63,22 @@ def test_expired_credentials_and_request_timeouts_are_retryable(code: str, statu
 @pytest.mark.parametrize("code", ["AccessDenied", "InvalidAccessKeyId", "InvalidClientTokenId"])
 def test_real_denials_stay_permanent(code: str) -> None:
     translated = translate_client_error(client_error(code, 403), doing="writing s3://b/k")
-    assert isinstance(translated, PermanentError) and translated.reason == ACCESS_DENIED
+    assert isinstance(translated, PermanentError) and translated.reason == Reason.ACCESS_DENIED
+
+
+def test_reasons_are_plain_strings_on_the_wire() -> None:
+    """Metric labels, str() and JSON (error files, log lines, AWS's JSON requests) see the value."""
+    error = translate_client_error(client_error("AccessDenied", 403), doing="writing s3://b/k")
+    assert error.reason is Reason.ACCESS_DENIED and error.reason == "access_denied"
+    assert str(error.reason) == f"{error.reason}" == "access_denied"
+    assert str(error).startswith("access_denied: ")
+    assert json.dumps({"reason": error.reason}) == '{"reason": "access_denied"}'
+    registry = CollectorRegistry()
+    Counter("failures", "by reason", ["reason"], registry=registry).labels(reason=error.reason).inc()
+    assert 'failures_total{reason="access_denied"} 1.0' in generate_latest(registry).decode()
+    assert json.loads(structlog.processors.JSONRenderer()(None, "", {"reason": error.reason})) == {
+        "reason": "access_denied"
+    }
 
 
 # -- refreshable sessions (a fake refresh function, real botocore credentials) -----------

@@ -1,7 +1,8 @@
 """An HTTP server for probes and metrics on which idle and slow clients cost no thread.
 
-Shared by the worker's probe server (:mod:`egress.metrics`) and the agent's metrics
-server (:mod:`sft_agent.serving`): one implementation of one concern.
+The server beneath :class:`egress.kernel.probes.ProbeServer`, which both programs use
+for ``/metrics`` and their probes; :func:`bind_without_dns` is shared with the agent's
+receiver (:mod:`sft_agent.serving`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,35 @@ import socket
 import socketserver
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["PooledHTTPServer", "bind_without_dns"]
+__all__ = ["DEFAULT_LIMITS", "PooledHTTPServer", "ServingLimits", "bind_without_dns"]
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """How a :class:`PooledHTTPServer` bounds its threads and clients (seconds, counts).
+
+    Checked when built; what each bound does is told on :class:`PooledHTTPServer`.
+    """
+
+    workers: int = 4
+    idle_timeout: float = 5.0
+    io_timeout: float = 5.0
+    request_timeout: float = 10.0
+    max_waiting: int = 256
+    max_queued: int = 64
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_waiting < 1 or self.max_queued < 1:
+            raise ValueError("workers, max_waiting and max_queued must be at least 1")
+        if min(self.idle_timeout, self.io_timeout, self.request_timeout) <= 0:
+            raise ValueError("the timeouts must be positive")
+
+
+DEFAULT_LIMITS: Final = ServingLimits()
 
 
 def bind_without_dns(server: HTTPServer) -> None:
@@ -31,12 +57,13 @@ class PooledHTTPServer(HTTPServer):
     """An HTTP server on which idle and slow clients cost no more than a file descriptor.
 
     A connection waits in a selector, holding no thread, until its request's first
-    bytes arrive; it is closed if none come within ``idle_timeout``, and the oldest
-    waiting one is closed when ``max_waiting`` wait. A ready connection goes to one of
-    ``workers`` threads (at most ``max_queued`` queue for them; more are closed), which
-    reads and answers it with ``io_timeout`` on each socket operation and
-    ``request_timeout`` for the whole exchange, so a client trickling bytes is cut off.
-    Threads: ``workers`` plus the one in :meth:`serve_forever`, whatever the clients do.
+    bytes arrive; it is closed if none come within ``limits.idle_timeout``, and the
+    oldest waiting one is closed when ``limits.max_waiting`` wait. A ready connection
+    goes to one of ``limits.workers`` threads (at most ``limits.max_queued`` queue for
+    them; more are closed), which reads and answers it with ``limits.io_timeout`` on each
+    socket operation and ``limits.request_timeout`` for the whole exchange, so a client
+    trickling bytes is cut off. Threads: ``limits.workers`` plus the one in
+    :meth:`serve_forever`, whatever the clients do.
     """
 
     request_queue_size = 128  # a burst of connections waits in the kernel, not refused
@@ -46,26 +73,12 @@ class PooledHTTPServer(HTTPServer):
         address: tuple[str, int],
         handler: type[BaseHTTPRequestHandler],
         *,
-        workers: int = 4,
-        idle_timeout: float = 5.0,
-        io_timeout: float = 5.0,
-        request_timeout: float = 10.0,
-        max_waiting: int = 256,
-        max_queued: int = 64,
+        limits: ServingLimits = DEFAULT_LIMITS,
     ) -> None:
-        if workers < 1 or max_waiting < 1 or max_queued < 1:
-            raise ValueError("workers, max_waiting and max_queued must be at least 1")
-        if min(idle_timeout, io_timeout, request_timeout) <= 0:
-            raise ValueError("the timeouts must be positive")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
-        self.workers = workers
-        self.idle_timeout = idle_timeout
-        self.io_timeout = io_timeout
-        self.request_timeout = request_timeout
-        self.max_waiting = max_waiting
-        self.max_queued = max_queued
+        self.limits = limits
         self._ready: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue()
         self._busy: dict[socket.socket, float] = {}  # connection → when it is cut off
         self._busy_lock = threading.Lock()
@@ -83,7 +96,7 @@ class PooledHTTPServer(HTTPServer):
         self._stopped.clear()
         threads = [
             threading.Thread(target=self._work, name=f"http-worker-{n}", daemon=True)
-            for n in range(self.workers)
+            for n in range(self.limits.workers)
         ]
         for thread in threads:
             thread.start()
@@ -120,7 +133,7 @@ class PooledHTTPServer(HTTPServer):
             for _ in threads:
                 self._ready.put(None)
             self._cut_off(float("inf"))
-            deadline = time.monotonic() + self.io_timeout
+            deadline = time.monotonic() + self.limits.io_timeout
             for thread in threads:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
             self._stopped.set()
@@ -138,9 +151,9 @@ class PooledHTTPServer(HTTPServer):
                 conn, address = self.socket.accept()
             except OSError:  # nothing left (BlockingIOError), or out of descriptors: next turn
                 return
-            if len(waiting) >= self.max_waiting:
+            if len(waiting) >= self.limits.max_waiting:
                 self._drop(next(iter(waiting)), selector, waiting)
-            waiting[conn] = (address, time.monotonic() + self.idle_timeout)
+            waiting[conn] = (address, time.monotonic() + self.limits.idle_timeout)
             selector.register(conn, selectors.EVENT_READ)
 
     def _drop(
@@ -154,7 +167,7 @@ class PooledHTTPServer(HTTPServer):
         self.shutdown_request(conn)
 
     def _dispatch(self, conn: socket.socket, address: Any) -> None:
-        if self._ready.qsize() >= self.max_queued:
+        if self._ready.qsize() >= self.limits.max_queued:
             self.shutdown_request(conn)  # overloaded: a closed connection is a fast answer
             return
         self._ready.put((conn, address))
@@ -163,9 +176,9 @@ class PooledHTTPServer(HTTPServer):
         while (item := self._ready.get()) is not None:
             conn, address = item
             with self._busy_lock:
-                self._busy[conn] = time.monotonic() + self.request_timeout
+                self._busy[conn] = time.monotonic() + self.limits.request_timeout
             try:
-                conn.settimeout(self.io_timeout)
+                conn.settimeout(self.limits.io_timeout)
                 self.finish_request(conn, address)
             except OSError:
                 pass  # the client went away, or was cut off for taking too long
