@@ -1,5 +1,9 @@
 """The worker's settings: one frozen object, built once from YAML and the environment.
 
+Every field is declared once, with its type and range, on :class:`WorkerSettings`; every
+field can be set from the environment as ``EGRESS_<FIELD>`` (``EGRESS_AWS_<KEY>`` for the
+``aws:`` mapping, where the standard ``AWS_REGION``, ``AWS_DEFAULT_REGION`` and
+``AWS_ENDPOINT_URL`` work too), derived from the declarations so none is forgotten.
 Environment variables win over the YAML file. Nothing reads ``os.environ`` after
 start-up: the settings object is passed explicitly.
 
@@ -10,97 +14,182 @@ from it before it starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, get_type_hints
 
 import yaml
+from pydantic import BeforeValidator, Field, ValidationError, create_model, model_validator
 
 from egress.aws import AwsConfig
+from egress.settings_schema import (
+    HostName,
+    Loc,
+    LogFormat,
+    LogLevel,
+    PathValue,
+    Port,
+    Problem,
+    Problems,
+    SettingsError,
+    SettingsModel,
+    TableName,
+    ValidatedAs,
+    apply_environment,
+    as_tuple,
+    copy_document,
+    key_path,
+    problems_of,
+)
+
+__all__ = ["CONFIG_ENV", "OPERATOR_VARIABLES", "SettingsError", "WorkerSettings", "environment_variables"]
 
 MIB = 1024 * 1024
+ENV_PREFIX: Final = "EGRESS_"
+CONFIG_ENV: Final = "EGRESS_CONFIG"
+
+# The variables operators and the infrastructure already set: a contract. The mapping is
+# derived from the fields; this list only guards it (a renamed field must not drop one).
+OPERATOR_VARIABLES: Final = (
+    "EGRESS_QUEUE_URL", "EGRESS_DLQ_URL", "EGRESS_ROUTES_TABLE", "EGRESS_LEDGER_TABLE",
+    "EGRESS_SFT_ROOT", "EGRESS_FLAG_NAME", "EGRESS_CONCURRENCY", "EGRESS_OBJECT_CONCURRENCY",
+    "EGRESS_MEMORY_BUDGET_MB", "EGRESS_PART_SIZE_MB", "EGRESS_PARTS_IN_FLIGHT", "EGRESS_CHUNK_SIZE_KB",
+    "EGRESS_METRICS_PORT", "EGRESS_METRICS_HOST", "EGRESS_SHUTDOWN_GRACE_SECONDS", "EGRESS_KMS_KEY_ARNS",
+    "EGRESS_LOG_FORMAT", "EGRESS_LOG_LEVEL", "EGRESS_WAIT_TIME_SECONDS", "EGRESS_VISIBILITY_TIMEOUT_SECONDS",
+    "EGRESS_HEARTBEAT_SECONDS", "EGRESS_ROUTE_CACHE_SECONDS", "EGRESS_LEDGER_TTL_DAYS",
+    "EGRESS_LEDGER_LEASE_SECONDS", "EGRESS_RETRY_ATTEMPTS", "EGRESS_BACKOFF_BASE_SECONDS",
+    "EGRESS_BACKOFF_MAX_SECONDS", "EGRESS_FREE_SPACE_MARGIN_MB", "EGRESS_COPY_THRESHOLD_MB",
+    "EGRESS_KEY_CACHE_SECONDS", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+)  # fmt: skip
+# The standard AWS variables, in rising precedence; EGRESS_AWS_* win over them.
+_AWS_STANDARD: Final[tuple[tuple[str, Loc], ...]] = (
+    ("AWS_REGION", ("aws", "region")),
+    ("AWS_ENDPOINT_URL", ("aws", "endpoint_url")),
+)
+
+# Ranges of the AWS client settings (the fields themselves are AwsConfig's, whatever it grows).
+_AWS_LIMITS: Final[dict[str, Any]] = {
+    "region": Field(min_length=1),
+    "max_pool_connections": Field(ge=1, le=1024),
+    "connect_timeout": Field(gt=0, le=300),
+    "read_timeout": Field(gt=0, le=3600),
+    "max_attempts": Field(ge=0, le=20),  # botocore's retries config: 0 sends each call once
+}
 
 
-class SettingsError(ValueError):
-    """A setting is missing or invalid; the message names it."""
+def _aws_settings_model() -> type[SettingsModel]:
+    """The ``aws:`` mapping declared from :class:`AwsConfig`'s own fields, with the ranges above."""
+    hints = get_type_hints(AwsConfig)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(AwsConfig):
+        annotation = hints[field.name]
+        if field.name in _AWS_LIMITS:
+            annotation = Annotated[annotation, _AWS_LIMITS[field.name]]
+        if field.default_factory is not dataclasses.MISSING:
+            fields[field.name] = (annotation, Field(default_factory=field.default_factory))
+        elif field.default is not dataclasses.MISSING:
+            fields[field.name] = (annotation, field.default)
+        else:
+            fields[field.name] = (annotation, ...)  # required
+    return create_model(
+        "AwsSettings", __base__=SettingsModel, __doc__="The worker's AWS client settings.", **fields
+    )
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Everything ``egress run`` needs. Validated when built."""
+AwsSettings = _aws_settings_model()
 
-    queue_url: str
-    dlq_url: str | None = None
-    routes_table: str = "data-egress"
-    ledger_table: str = "data-egress-ledger"
-    sft_root: Path = Path("/data-egress")
-    flag_name: str = "pipeline_success.flag"
-    concurrency: int = 4
-    object_concurrency: int = 8
-    memory_budget_mb: int = 160
-    part_size_mb: int = 16
-    parts_in_flight: int = 4
-    chunk_size_kb: int = 1024
-    metrics_port: int = 9090
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - ECS health checks and Prometheus scrape it
-    shutdown_grace_seconds: float = 25.0
-    kms_key_arns: tuple[str, ...] = ()
-    log_format: str = "json"
-    log_level: str = "info"
-    wait_time_seconds: int = 20
-    visibility_timeout_seconds: int = 120
-    heartbeat_seconds: float = 30.0
-    route_cache_seconds: float = 30.0
-    ledger_ttl_days: int = 90
-    ledger_lease_seconds: int | None = None  # default: the visibility timeout
-    retry_attempts: int = 3
-    backoff_base_seconds: int = 30
-    backoff_max_seconds: int = 900
-    free_space_margin_mb: int = 64
-    copy_threshold_mb: int = 5 * 1024
-    key_cache_seconds: float = 300.0
-    aws: AwsConfig = field(default_factory=AwsConfig)
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not self.queue_url:
-            problems.append("EGRESS_QUEUE_URL is required")
-        if not 1 <= self.concurrency <= 64:
-            problems.append(f"EGRESS_CONCURRENCY must be 1..64, got {self.concurrency}")
-        if not 1 <= self.object_concurrency <= 64:
-            problems.append(f"EGRESS_OBJECT_CONCURRENCY must be 1..64, got {self.object_concurrency}")
-        if self.memory_budget_mb < 16:
-            problems.append(f"EGRESS_MEMORY_BUDGET_MB must be at least 16, got {self.memory_budget_mb}")
-        if not 5 <= self.part_size_mb <= 5 * 1024:
-            problems.append(f"EGRESS_PART_SIZE_MB must be 5..5120 (S3 limits), got {self.part_size_mb}")
-        if not 1 <= self.parts_in_flight <= 32:
-            problems.append(f"parts_in_flight must be 1..32, got {self.parts_in_flight}")
-        if not 0 < self.shutdown_grace_seconds < 120:
-            problems.append(
-                f"EGRESS_SHUTDOWN_GRACE_SECONDS must be in (0, 120), got {self.shutdown_grace_seconds}"
-            )
-        if self.log_format not in {"json", "console"}:
-            problems.append(f"EGRESS_LOG_FORMAT must be json or console, got {self.log_format!r}")
-        if not 0 <= self.wait_time_seconds <= 20:
-            problems.append(f"wait_time_seconds must be 0..20, got {self.wait_time_seconds}")
+def _kms_key_arn(value: Any) -> Any:
+    if isinstance(value, str) and (not value.startswith("arn:aws") or ":kms:" not in value):
+        raise ValueError(f"{value!r} is not a KMS key ARN")
+    return value
+
+
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):  # the environment variable, or a YAML string
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return as_tuple(value)
+
+
+def _file_name(value: Any) -> Any:
+    if isinstance(value, str) and (not value or "/" in value):
+        raise ValueError(f"must be a plain file name, got {value!r}")
+    return value
+
+
+KmsKeyArns = Annotated[
+    tuple[Annotated[str, BeforeValidator(_kms_key_arn)], ...], BeforeValidator(_comma_separated)
+]
+
+
+class WorkerSettings(SettingsModel):
+    """Everything ``egress run`` needs. Validated when built (:func:`load_settings`)."""
+
+    queue_url: str = Field(min_length=1, description="the URL of the flag queue")
+    dlq_url: str | None = None  # default: the queue's redrive policy
+    routes_table: TableName = "data-egress"
+    ledger_table: TableName = "data-egress-ledger"
+    sft_root: PathValue = Path("/data-egress")
+    flag_name: Annotated[str, BeforeValidator(_file_name)] = "pipeline_success.flag"
+    concurrency: int = Field(default=4, ge=1, le=64)
+    object_concurrency: int = Field(default=8, ge=1, le=64)
+    memory_budget_mb: int = Field(default=160, ge=16)
+    part_size_mb: int = Field(default=16, ge=5, le=5 * 1024)  # S3's part size limits
+    parts_in_flight: int = Field(default=4, ge=1, le=32)
+    chunk_size_kb: int = Field(default=1024, ge=1, le=64 * 1024)
+    metrics_port: Port = 9090
+    metrics_host: HostName = "0.0.0.0"  # noqa: S104 - ECS health checks and Prometheus scrape it
+    # Under 2 minutes: ECS stops a task 30 s after SIGTERM unless told to wait longer.
+    shutdown_grace_seconds: float = Field(default=25.0, gt=0, lt=120)
+    kms_key_arns: KmsKeyArns = ()
+    log_format: LogFormat = "json"
+    log_level: LogLevel = "info"
+    wait_time_seconds: int = Field(default=20, ge=0, le=20)  # SQS's long-poll limit
+    visibility_timeout_seconds: int = Field(default=120, ge=1, le=43200)  # SQS's visibility limit
+    heartbeat_seconds: float = Field(default=30.0, gt=0)
+    route_cache_seconds: float = Field(default=30.0, ge=0)
+    ledger_ttl_days: int = Field(default=90, ge=1)
+    ledger_lease_seconds: int | None = Field(default=None, ge=1)  # default: the visibility timeout
+    retry_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_base_seconds: int = Field(default=30, ge=0, le=36000)
+    # At most 10 h: the delay gets up to 20 % jitter and SQS's visibility limit is 12 h.
+    backoff_max_seconds: int = Field(default=900, ge=0, le=36000)
+    free_space_margin_mb: int = Field(default=64, ge=0)
+    # At most 5 GiB: the most one CopyObject copies; multipart copies above.
+    copy_threshold_mb: int = Field(default=5 * 1024, ge=0, le=5 * 1024)
+    key_cache_seconds: float = Field(default=300.0, ge=0)
+    aws: Annotated[AwsConfig, ValidatedAs(AwsSettings)] = Field(default_factory=AwsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_follows_concurrency(cls, data: Any) -> Any:
+        """Unless set, the connection pool grows with the messages worked on at once."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("aws") or {}, Mapping):
+            return data
+        aws = dict(data.get("aws") or {})
+        concurrency = data.get("concurrency", 4)
+        if "max_pool_connections" not in aws and type(concurrency) is int:
+            aws["max_pool_connections"] = max(10, concurrency * 8)
+        return {**data, "aws": aws}
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> WorkerSettings:
+        problems = Problems()
         if self.heartbeat_seconds >= self.visibility_timeout_seconds:
-            problems.append("heartbeat_seconds must be shorter than visibility_timeout_seconds")
-        if self.ledger_lease_seconds is not None and self.ledger_lease_seconds < 2 * self.heartbeat_seconds:
-            problems.append(
-                f"EGRESS_LEDGER_LEASE_SECONDS ({self.ledger_lease_seconds}) must be at least twice "
-                f"EGRESS_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}): the heartbeat renews it"
+            problems.add(
+                "heartbeat_seconds",
+                message=f"must be shorter than the visibility timeout ({self.visibility_timeout_seconds} s)",
             )
-        if not 0 <= self.metrics_port <= 65535:
-            problems.append(f"EGRESS_METRICS_PORT must be a port number, got {self.metrics_port}")
-        if "/" in self.flag_name or not self.flag_name:
-            problems.append(f"EGRESS_FLAG_NAME must be a plain file name, got {self.flag_name!r}")
-        for arn in self.kms_key_arns:
-            if not arn.startswith("arn:aws") or ":kms:" not in arn:
-                problems.append(f"EGRESS_KMS_KEY_ARNS: {arn!r} is not a KMS key ARN")
-        if problems:
-            raise SettingsError("; ".join(problems))
+        if self.ledger_lease_seconds is not None and self.ledger_lease_seconds < 2 * self.heartbeat_seconds:
+            problems.add(
+                "ledger_lease_seconds",
+                message=f"must be at least twice the heartbeat ({self.heartbeat_seconds:g} s): "
+                "the heartbeat renews it",
+            )
+        problems.raise_any()
+        return self
 
     @property
     def ledger_lease(self) -> int:
@@ -113,10 +202,12 @@ class WorkerSettings:
 
     @property
     def part_size(self) -> int:
+        """Multipart part size in bytes."""
         return self.part_size_mb * MIB
 
     @property
     def chunk_size(self) -> int:
+        """Bytes read from a stream at a time."""
         return self.chunk_size_kb * 1024
 
     def memory_budget(self) -> int:
@@ -129,45 +220,16 @@ class WorkerSettings:
         return self.memory_budget_mb * MIB
 
 
-# Environment variable → (field, parser). Names are part of the operator contract.
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-_ENV: dict[str, tuple[str, Any]] = {
-    "EGRESS_QUEUE_URL": ("queue_url", str),
-    "EGRESS_DLQ_URL": ("dlq_url", str),
-    "EGRESS_ROUTES_TABLE": ("routes_table", str),
-    "EGRESS_LEDGER_TABLE": ("ledger_table", str),
-    "EGRESS_SFT_ROOT": ("sft_root", Path),
-    "EGRESS_FLAG_NAME": ("flag_name", str),
-    "EGRESS_CONCURRENCY": ("concurrency", int),
-    "EGRESS_OBJECT_CONCURRENCY": ("object_concurrency", int),
-    "EGRESS_MEMORY_BUDGET_MB": ("memory_budget_mb", int),
-    "EGRESS_PART_SIZE_MB": ("part_size_mb", int),
-    "EGRESS_PARTS_IN_FLIGHT": ("parts_in_flight", int),
-    "EGRESS_METRICS_PORT": ("metrics_port", int),
-    "EGRESS_METRICS_HOST": ("metrics_host", str),
-    "EGRESS_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", float),
-    "EGRESS_KMS_KEY_ARNS": ("kms_key_arns", _csv),
-    "EGRESS_LOG_FORMAT": ("log_format", str),
-    "EGRESS_LOG_LEVEL": ("log_level", str),
-    "EGRESS_WAIT_TIME_SECONDS": ("wait_time_seconds", int),
-    "EGRESS_VISIBILITY_TIMEOUT_SECONDS": ("visibility_timeout_seconds", int),
-    "EGRESS_HEARTBEAT_SECONDS": ("heartbeat_seconds", float),
-    "EGRESS_ROUTE_CACHE_SECONDS": ("route_cache_seconds", float),
-    "EGRESS_LEDGER_TTL_DAYS": ("ledger_ttl_days", int),
-    "EGRESS_LEDGER_LEASE_SECONDS": ("ledger_lease_seconds", int),
-    "EGRESS_RETRY_ATTEMPTS": ("retry_attempts", int),
-    "EGRESS_BACKOFF_BASE_SECONDS": ("backoff_base_seconds", int),
-    "EGRESS_BACKOFF_MAX_SECONDS": ("backoff_max_seconds", int),
-    "EGRESS_FREE_SPACE_MARGIN_MB": ("free_space_margin_mb", int),
-    "EGRESS_COPY_THRESHOLD_MB": ("copy_threshold_mb", int),
-}
-_AWS_ENV: dict[str, tuple[str, Any]] = {
-    "AWS_REGION": ("region", str),
-    "AWS_ENDPOINT_URL": ("endpoint_url", str),
-}
+def environment_variables() -> dict[str, Loc]:
+    """Every ``EGRESS_*`` variable and the key path it sets, derived from the declared fields."""
+    names: dict[str, Loc] = {}
+    for name in WorkerSettings.model_fields:
+        if name == "aws":
+            for key in AwsSettings.model_fields:
+                names[f"{ENV_PREFIX}AWS_{key.upper()}"] = ("aws", key)
+        else:
+            names[f"{ENV_PREFIX}{name.upper()}"] = (name,)
+    return names
 
 
 def load_settings(
@@ -176,47 +238,56 @@ def load_settings(
     """Build the settings from an optional YAML file, then the environment (which wins).
 
     The YAML file holds the same names as the fields (``queue_url: …``) and an optional
-    ``aws:`` mapping (``region``, ``endpoint_url``).
+    ``aws:`` mapping (``region``, ``endpoint_url``, …). ``AWS_DEFAULT_REGION`` applies
+    only where neither the file nor another variable names the region.
     """
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    aws_values: dict[str, Any] = {}
-    path = config_file or (Path(env["EGRESS_CONFIG"]) if env.get("EGRESS_CONFIG") else None)
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"config file {path} must hold a mapping")
-        known = {f.name for f in fields(WorkerSettings)}
-        for key, value in loaded.items():
-            if key == "aws" and isinstance(value, dict):
-                aws_values.update(value)
-            elif key in known:
-                values[key] = value
-            else:
-                raise SettingsError(f"config file {path}: unknown setting {key!r}")
-    if env.get("AWS_DEFAULT_REGION") and "region" not in aws_values:
-        aws_values["region"] = env["AWS_DEFAULT_REGION"]
-    for name, (attr, parse) in _ENV.items():
-        if env.get(name, "") != "":
-            try:
-                values[attr] = parse(env[name])
-            except ValueError as exc:
-                raise SettingsError(f"{name}={env[name]!r} is invalid: {exc}") from exc
-    for name, (attr, parse) in _AWS_ENV.items():
-        if env.get(name):
-            aws_values[attr] = parse(env[name])
-    if "sft_root" in values:
-        values["sft_root"] = Path(values["sft_root"])
-    if "kms_key_arns" in values and isinstance(values["kms_key_arns"], list | str):
-        raw = values["kms_key_arns"]
-        values["kms_key_arns"] = _csv(raw) if isinstance(raw, str) else tuple(raw)
-    values.setdefault("queue_url", "")
-    concurrency = int(values.get("concurrency", WorkerSettings.concurrency))
-    aws_values.setdefault("max_pool_connections", max(10, concurrency * 8))
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    from_file = _read(path) if path is not None else {}
+    document = copy_document(from_file)
+    variables: list[tuple[str, Loc]] = []
+    if not _in_file(from_file, ("aws", "region")):
+        variables.append(("AWS_DEFAULT_REGION", ("aws", "region")))
+    variables += [*_AWS_STANDARD, *environment_variables().items()]
+    origins, problems = apply_environment(document, env, variables, root=WorkerSettings)
     try:
-        return WorkerSettings(aws=AwsConfig(**aws_values), **values)
-    except TypeError as exc:
-        raise SettingsError(str(exc)) from exc
+        settings = WorkerSettings.model_validate(document)
+    except ValidationError as exc:
+        problems += [_line(problem, origins, from_file) for problem in problems_of(exc, root=WorkerSettings)]
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _read(path: Path) -> Mapping[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError([f"cannot read config file {path}: {exc}"]) from exc
+    if not isinstance(loaded, dict):
+        raise SettingsError([f"config file {path} must hold a mapping"])
+    return loaded
+
+
+def _line(problem: Problem, origins: Mapping[Loc, str], from_file: Mapping[str, Any]) -> str:
+    """One problem, named as the operator set it: the variable, else the file's key path."""
+    loc = problem.loc
+    label = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+    if label is None and not _in_file(from_file, loc):
+        variables = {path: name for name, path in environment_variables().items()}  # path → name
+        label = next((variables[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in variables), None)
+    label = label or key_path(loc)
+    return f"{label} is {problem.message}" if problem.kind == "missing" else f"{label}: {problem.message}"
+
+
+def _in_file(from_file: Mapping[str, Any], loc: Loc) -> bool:
+    node: Any = from_file
+    for part in loc:
+        found = (isinstance(node, Mapping) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        )
+        if not found:
+            return False
+        node = node[part]
+    return True

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
+from egress.kernel.durations import parse_duration
 from sft_agent.settings import (
     CopyAction,
     HttpAction,
     RenameAction,
+    Secret,
     SettingsError,
     build_settings,
     load_settings,
-    parse_duration,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,6 +115,9 @@ CASES = [
     ("routes.0", {**valid()["routes"][0], "recursive": True, "work_folder": "/data-egress/warehouse/work"},
      "routes[0](warehouse).work_folder: inside a recursive source it must be a hidden folder"),
     ("routes.0.filname_regex", ".*", "routes[0](warehouse).filname_regex: unknown key (did you mean 'filename_regex'?)"),
+    ("routes.0.actions.0", {"http": {"url": "https://x/", "methd": "PUT"}}, "actions[0].http.methd: unknown key (did you mean 'method'?)"),
+    ("routes.0.threads", "3", "routes[0](warehouse).threads: must be a whole number, got '3'"),
+    ("routes.0.delete_on_send", "yes", "routes[0](warehouse).delete_on_send: must be true or false"),
     ("defaults.retry.max_attempts", 0, "defaults.retry.max_attempts: must be between 1 and 1000"),
     ("defaults.retry.multiplier", "x", "defaults.retry.multiplier: must be a number"),
     ("defaults.poll_interval", "2 parsecs", "defaults.poll_interval:"),
@@ -184,11 +188,12 @@ def test_passphrase_from_a_file_or_the_environment_never_shows_in_repr(tmp_path:
     tls = from_file.routes[0].tls
     assert tls is not None and tls.client_key_passphrase is not None
     assert tls.client_key_passphrase.reveal() == "correct horse"
-    assert "correct horse" not in repr(from_file)
+    assert "correct horse" not in repr(from_file) and "correct horse" not in str(from_file)
+    assert "**********" in repr(from_file)
     from_env = build_settings(
         _set(valid(), "tls.client_key_passphrase_env", "KEY_PASS"), environ={"KEY_PASS": "battery staple"}
     )
-    assert "battery staple" not in repr(from_env)
+    assert "battery staple" not in repr(from_env) and "battery staple" not in str(from_env)
     tls = from_env.routes[0].tls
     assert tls is not None and tls.client_key_passphrase is not None
     assert tls.client_key_passphrase.reveal() == "battery staple"
@@ -208,7 +213,13 @@ def test_secret_headers_come_from_the_environment() -> None:
     action = settings.routes[0].actions[0]
     assert isinstance(action, HttpAction)
     assert action.secret_headers[0][1].reveal() == "Bearer abc"
-    assert "Bearer abc" not in repr(settings)
+    assert "Bearer abc" not in repr(settings) and "Bearer abc" not in str(settings)
+
+
+def test_a_secret_shows_only_a_mask() -> None:
+    secret = Secret("hunter2")
+    assert repr(secret) == "Secret('**********')" and str(secret) == "**********"
+    assert f"{secret}" == "**********" and secret.reveal() == "hunter2"
 
 
 def test_environment_wins_over_the_file() -> None:
