@@ -56,12 +56,12 @@ def encrypt_non_framed(bench: Bench, plain: Path, message: Path) -> None:
     import aws_encryption_sdk
     from aws_encryption_sdk.identifiers import CommitmentPolicy
 
-    from egress.transforms.decrypt import _esdk_provider
+    from egress.transforms.decrypt import esdk_provider
 
     client = aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
     )
-    provider = _esdk_provider(bench.kms, [bench.key_arn])
+    provider = esdk_provider(bench.kms, [bench.key_arn])
     with (
         plain.open("rb") as source,
         message.open("wb") as out,

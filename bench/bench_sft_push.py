@@ -39,8 +39,12 @@ from pathlib import Path
 
 import yaml
 
-from sft_agent.certs import issue, make_ca, write_pair
-from sft_agent.testing import NginxWebdav, find_nginx, free_port
+# The nginx helper lives with the tests (tests/support), outside the installed packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sft_agent.certs import issue, make_ca, write_pair  # noqa: E402
+from tests.support.nginx import NginxWebdav, find_nginx  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 MIB = 1024 * 1024
 

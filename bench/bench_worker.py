@@ -226,7 +226,7 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
     """A ``size``-byte object of random bytes, encrypted in ``fmt``, at ``src/key``."""
     transfer = TransferConfig(multipart_chunksize=64 * 1024 * 1024, max_concurrency=4)
     if fmt == "envelope":
-        from egress.transforms.encrypt import envelope_encrypt
+        from egress.devstack.encrypt import envelope_encrypt
 
         metadata, ciphertext = envelope_encrypt(
             bench.kms, key_id=bench.key_arn, chunks=encrypted_chunks(size)
@@ -236,7 +236,7 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
         )
         return
     if fmt == "s3ec":
-        from egress.transforms.encrypt import s3ec_encrypt
+        from egress.devstack.encrypt import s3ec_encrypt
 
         # The S3 Encryption Client's own (in-memory) encryption, v3 as current clients write.
         body, metadata = s3ec_encrypt(bench.kms, key_arn=bench.key_arn, data=b"".join(encrypted_chunks(size)))
@@ -244,7 +244,7 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
             io.BytesIO(body), "src", key, ExtraArgs={"Metadata": metadata}, Config=transfer
         )
         return
-    from egress.transforms.encrypt import esdk_encrypt_stream
+    from egress.devstack.encrypt import esdk_encrypt_stream
 
     # What aws-encryption-cli writes (default suite, 4 KiB frames), through a file on disk.
     message = bench.workdir / "message.esdk"

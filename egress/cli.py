@@ -1,39 +1,21 @@
-"""The ``egress`` command: the daemon, the operators' tools and the local stack."""
+"""The ``egress`` command: the daemon, the operators' tools and the local stack.
+
+The composition root of the command line: the one product module that knows the dev
+tooling (``egress.devstack``), which adds the ``local`` subcommands.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
-from egress.aws import AwsClients, AwsConfig, build_clients, session_for
-
-
-@dataclass
-class CliContext:
-    """What every subcommand handler gets: clients, table names, the terminal."""
-
-    aws_config: AwsConfig
-    routes_table: str
-    ledger_table: str
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-    stdin: TextIO = field(default_factory=lambda: sys.stdin)
-    _clients: AwsClients | None = None
-
-    @property
-    def clients(self) -> AwsClients:
-        """Clients are built on first use, so ``--help`` never needs AWS."""
-        if self._clients is None:
-            self._clients = build_clients(self.aws_config, session=session_for(self.aws_config))
-        return self._clients
-
-
-Handler = Callable[[argparse.Namespace, CliContext], int]
+from egress import ops_cli, routes_cli
+from egress.aws import AwsConfig
+from egress.cli_context import CliContext, Handler
+from egress.devstack import cli as devstack_cli
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -68,11 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the egress worker daemon (config from the environment)")
     run.add_argument("--config", type=Path, default=None, help="YAML settings file (environment wins)")
     run.set_defaults(handler=_run)
-    from egress import local, ops_cli, routes_cli
-
     routes_cli.configure(commands)
     ops_cli.configure(commands)
-    local.configure(commands)
+    devstack_cli.configure(commands)
     return parser
 
 

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote_plus
+from typing import Any
+from urllib.parse import quote_plus, unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from egress.cli_context import CliContext
 from egress.errors import EgressError, translate_client_error
+from egress.kernel.durations import parse_duration
+from egress.kernel.s3uri import parse_s3_uri
+from egress.kernel.timefmt import parse_iso8601
 from egress.ledger import DELIVERED, DONE, PARKED, RECEIVED, RETRY, SENDING, SENT, UPLOADING, Ledger
 from egress.queue import FlagQueue
-
-if TYPE_CHECKING:
-    from egress.cli import CliContext
-
-_DURATION = re.compile(r"^(\d+)([smhd])$")
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,15 +60,14 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _parse_since(value: str | None) -> datetime | None:
+    """An ISO time, or a duration (``30m``, ``6h``, ``7d``) back from now; ``ValueError`` otherwise."""
     if not value:
         return None
-    match = _DURATION.match(value)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        return parse_iso8601(value)
+    except ValueError:
+        seconds = parse_duration(value)
+    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 def _history(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -92,10 +89,7 @@ def _history(args: argparse.Namespace, ctx: CliContext) -> int:
             stored = DELIVERED if args.status == RECEIVED else args.status
             if args.status and row.get("status") != stored:
                 continue
-            if (
-                since
-                and datetime.fromisoformat(str(row.get("started_at", "1970-01-01T00:00:00+00:00"))) < since
-            ):
+            if since and parse_iso8601(str(row.get("started_at", "1970-01-01T00:00:00+00:00"))) < since:
                 continue
             rows.append(row)
     except (ClientError, BotoCoreError) as exc:
@@ -191,24 +185,16 @@ def _file_line(file: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    bucket, key = uri[5:].split("/", 1)
-    if not bucket or not key:
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    return bucket, key
-
-
 def _replay(args: argparse.Namespace, ctx: CliContext) -> int:
     if not args.queue_url:
         print("egress replay: give --queue-url or set EGRESS_QUEUE_URL", file=ctx.err)
         return 2
     try:
-        bucket, key = _split_uri(args.flag_uri)
+        flag = parse_s3_uri(args.flag_uri)
     except ValueError as exc:
         print(f"egress replay: {exc}", file=ctx.err)
         return 2
+    bucket, key = flag.bucket, flag.key
     clients = ctx.clients
     try:
         clients.s3.head_object(Bucket=bucket, Key=key)
@@ -248,7 +234,7 @@ def _queues(args: argparse.Namespace, ctx: CliContext) -> FlagQueue | None:
     return FlagQueue.discover(ctx.clients.sqs, queue_url=args.queue_url, dlq_url=args.dlq_url)
 
 
-def _receive_dlq(ctx: CliContext, dlq_url: str, limit: int) -> list[dict[str, Any]]:
+def _receive_dlq(ctx: CliContext, dlq_url: str, *, limit: int) -> list[dict[str, Any]]:
     """Receive up to ``limit`` DLQ messages; they stay invisible until released or deleted."""
     seen: dict[str, dict[str, Any]] = {}
     while len(seen) < limit:
@@ -268,7 +254,7 @@ def _receive_dlq(ctx: CliContext, dlq_url: str, limit: int) -> list[dict[str, An
     return list(seen.values())
 
 
-def _release(ctx: CliContext, dlq_url: str, messages: list[dict[str, Any]]) -> None:
+def _release(ctx: CliContext, dlq_url: str, *, messages: list[dict[str, Any]]) -> None:
     for message in messages:
         try:
             ctx.clients.sqs.change_message_visibility(
@@ -283,8 +269,6 @@ def _describe(message: dict[str, Any]) -> dict[str, str]:
     flag = "-"
     try:
         record = json.loads(message["Body"])["Records"][0]
-        from urllib.parse import unquote_plus
-
         flag = f"s3://{record['s3']['bucket']['name']}/{unquote_plus(record['s3']['object']['key'])}"
     except (ValueError, KeyError, TypeError, IndexError):
         pass
@@ -300,8 +284,8 @@ def _dlq_list(args: argparse.Namespace, ctx: CliContext) -> int:
     queues = _queues(args, ctx)
     if queues is None:
         return 2
-    messages = _receive_dlq(ctx, queues.dlq_url, args.max)
-    _release(ctx, queues.dlq_url, messages)
+    messages = _receive_dlq(ctx, queues.dlq_url, limit=args.max)
+    _release(ctx, queues.dlq_url, messages=messages)
     described = [_describe(message) for message in messages]
     if args.output == "json":
         print(json.dumps(described, indent=2), file=ctx.out)
@@ -318,10 +302,10 @@ def _dlq_redrive(args: argparse.Namespace, ctx: CliContext) -> int:
     queues = _queues(args, ctx)
     if queues is None:
         return 2
-    messages = _receive_dlq(ctx, queues.dlq_url, args.max)
+    messages = _receive_dlq(ctx, queues.dlq_url, limit=args.max)
     wanted = set(args.ids or [])
     chosen = [m for m in messages if args.all or m["MessageId"] in wanted]
-    _release(ctx, queues.dlq_url, [m for m in messages if m not in chosen])
+    _release(ctx, queues.dlq_url, messages=[m for m in messages if m not in chosen])
     for message in chosen:
         # Send first, then delete: a failure in between leaves a copy in both, never none.
         ctx.clients.sqs.send_message(QueueUrl=queues.queue_url, MessageBody=message["Body"])

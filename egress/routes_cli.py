@@ -5,31 +5,46 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
+from egress.cli_context import CliContext, Handler
 from egress.errors import EgressError, PermanentError, translate_client_error
+from egress.kernel.s3uri import parse_s3_uri
+from egress.kernel.timefmt import parse_iso8601
 from egress.messages import FlagEvent
 from egress.plan import destination_name
-from egress.routing import (
-    Route,
-    RouteTable,
-    delete_route,
-    get_route,
-    put_route,
-    scan_routes,
+from egress.routes_apply import (
+    RoutesFileRefused,
+    all_routes,
+    plan_routes_file,
+    read_yaml_file,
+    route_destination,
 )
+from egress.routing import Route, RouteTable, delete_route, get_route, put_route
 from egress.sources import list_objects
 
-if TYPE_CHECKING:
-    from egress.cli import CliContext
-
 TABLE_COLUMNS = ("source_prefix", "pipeline_name", "transfer_type", "recipient_name", "destination", "flags")
+# The columns `routes put` takes as options: text ones, then the on/off ones.
+PUT_TEXT_COLUMNS = (
+    "source_prefix",
+    "pipeline_name",
+    "recipient_name",
+    "transfer_type",
+    "source_bucket",
+    "destination_bucket",
+    "destination_prefix",
+    "compress_fmt",
+    "role_arn",
+    "destination_kms_key_id",
+    "manifest_file_name",
+)
+PUT_FLAG_COLUMNS = ("decrypt", "compress", "timestamp_files")
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,21 +64,9 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     put = sub.add_parser("put", help="write one row (validated first)")
     put.add_argument("--file", type=Path, help="YAML file with the row's columns")
-    for column in (
-        "source_prefix",
-        "pipeline_name",
-        "recipient_name",
-        "transfer_type",
-        "source_bucket",
-        "destination_bucket",
-        "destination_prefix",
-        "compress_fmt",
-        "role_arn",
-        "destination_kms_key_id",
-        "manifest_file_name",
-    ):
+    for column in PUT_TEXT_COLUMNS:
         put.add_argument(f"--{column.replace('_', '-')}", dest=column)
-    for flag in ("decrypt", "compress", "timestamp_files"):
+    for flag in PUT_FLAG_COLUMNS:
         put.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action=argparse.BooleanOptionalAction)
     put.add_argument("--disabled", action="store_true", help="keep the row but deliver nothing")
     put.set_defaults(handler=_put)
@@ -100,7 +103,7 @@ def _output(parser: argparse.ArgumentParser, *, default: str = "table") -> None:
     parser.add_argument("--output", "-o", choices=["table", "json", "yaml"], default=default)
 
 
-def _print_rows(rows: Sequence[dict[str, Any]], fmt: str, ctx: CliContext) -> None:
+def _print_rows(rows: Sequence[dict[str, Any]], ctx: CliContext, *, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps(rows, indent=2, default=str, ensure_ascii=False), file=ctx.out)
     elif fmt == "yaml":
@@ -108,11 +111,6 @@ def _print_rows(rows: Sequence[dict[str, Any]], fmt: str, ctx: CliContext) -> No
 
 
 def _summary(route: Route) -> dict[str, str]:
-    destination = (
-        f"s3://{route.destination_bucket}/{route.destination_prefix}"
-        if route.transfer_type == "S3"
-        else f"sft:{route.destination_prefix}"
-    )
     flags = [name for name in ("decrypt", "compress", "timestamp_files") if getattr(route, name)]
     if route.manifest_file_name:
         flags.append("manifest")
@@ -125,12 +123,12 @@ def _summary(route: Route) -> dict[str, str]:
         "pipeline_name": route.pipeline_name,
         "transfer_type": route.transfer_type,
         "recipient_name": route.recipient_name,
-        "destination": destination,
+        "destination": route_destination(route),
         "flags": ",".join(flags) or "-",
     }
 
 
-def _table(rows: Iterable[dict[str, str]], columns: Sequence[str], ctx: CliContext) -> None:
+def _table(rows: Iterable[dict[str, str]], ctx: CliContext, *, columns: Sequence[str]) -> None:
     rows = list(rows)
     widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip(), file=ctx.out)
@@ -139,19 +137,26 @@ def _table(rows: Iterable[dict[str, str]], columns: Sequence[str], ctx: CliConte
 
 
 def _all_routes(ctx: CliContext) -> list[Route]:
-    try:
-        routes = list(scan_routes(ctx.clients.dynamodb, ctx.routes_table))
-    except (ClientError, BotoCoreError) as exc:
-        raise translate_client_error(exc, doing=f"reading table {ctx.routes_table}") from exc
-    return sorted(routes, key=lambda r: (r.source_prefix, r.pipeline_name))
+    return all_routes(ctx.clients.dynamodb, ctx.routes_table)
 
 
-def _fail(ctx: CliContext, message: str, code: int = 1) -> int:
+def _fail(ctx: CliContext, message: str, *, code: int = 1) -> int:
     print(f"egress routes: {message}", file=ctx.err)
     return code
 
 
-def _guard(handler: Any) -> Any:
+def _row_key(args: argparse.Namespace) -> dict[str, str]:
+    """The table key a ``get``/``delete`` names on the command line."""
+    return {"source_prefix": args.source_prefix, "pipeline_name": args.pipeline_name}
+
+
+def _no_row(args: argparse.Namespace, ctx: CliContext) -> int:
+    return _fail(ctx, f"no row ({args.source_prefix!r}, {args.pipeline_name!r}) in {ctx.routes_table}")
+
+
+def _guard(handler: Callable[[argparse.Namespace, CliContext], int]) -> Handler:
+    """The handler with the project's errors and AWS's printed as one line and exit code 1."""
+
     def wrapped(args: argparse.Namespace, ctx: CliContext) -> int:
         try:
             return int(handler(args, ctx))
@@ -169,65 +174,38 @@ def _guard(handler: Any) -> Any:
 def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     routes = _all_routes(ctx)
     if args.output == "table":
-        _table((_summary(r) for r in routes), TABLE_COLUMNS, ctx)
+        _table((_summary(r) for r in routes), ctx, columns=TABLE_COLUMNS)
         print(f"{len(routes)} route(s) in {ctx.routes_table}", file=ctx.out)
     else:
-        _print_rows([r.to_plain() for r in routes], args.output, ctx)
+        _print_rows([r.to_plain() for r in routes], ctx, fmt=args.output)
     return 0
 
 
 @_guard
 def _get(args: argparse.Namespace, ctx: CliContext) -> int:
-    route = get_route(
-        ctx.clients.dynamodb,
-        ctx.routes_table,
-        source_prefix=args.source_prefix,
-        pipeline_name=args.pipeline_name,
-    )
+    route = get_route(ctx.clients.dynamodb, ctx.routes_table, **_row_key(args))
     if route is None:
-        return _fail(ctx, f"no row ({args.source_prefix!r}, {args.pipeline_name!r}) in {ctx.routes_table}")
+        return _no_row(args, ctx)
     if args.output == "table":
         for column, value in route.to_plain().items():
             print(f"{column:<24}{value}", file=ctx.out)
     else:
-        _print_rows([route.to_plain()], args.output, ctx)
+        _print_rows([route.to_plain()], ctx, fmt=args.output)
     problems = route.problems()
     for problem in problems:
         print(f"INVALID: {problem}", file=ctx.err)
     return 1 if problems else 0
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PermanentError("bad_file", f"cannot read {path}: {exc}") from exc
-
-
 @_guard
 def _put(args: argparse.Namespace, ctx: CliContext) -> int:
     row: dict[str, Any] = {}
     if args.file:
-        loaded = _read_yaml(args.file)
+        loaded = read_yaml_file(args.file)
         if not isinstance(loaded, dict):
             return _fail(ctx, f"{args.file} must hold one row (a mapping of columns)")
         row.update(loaded)
-    for column in (
-        "source_prefix",
-        "pipeline_name",
-        "recipient_name",
-        "transfer_type",
-        "source_bucket",
-        "destination_bucket",
-        "destination_prefix",
-        "compress_fmt",
-        "role_arn",
-        "destination_kms_key_id",
-        "manifest_file_name",
-        "decrypt",
-        "compress",
-        "timestamp_files",
-    ):
+    for column in (*PUT_TEXT_COLUMNS, *PUT_FLAG_COLUMNS):
         value = getattr(args, column)
         if value is not None:
             row[column] = value
@@ -249,14 +227,8 @@ def _put(args: argparse.Namespace, ctx: CliContext) -> int:
 
 @_guard
 def _delete(args: argparse.Namespace, ctx: CliContext) -> int:
-    existed = delete_route(
-        ctx.clients.dynamodb,
-        ctx.routes_table,
-        source_prefix=args.source_prefix,
-        pipeline_name=args.pipeline_name,
-    )
-    if not existed:
-        return _fail(ctx, f"no row ({args.source_prefix!r}, {args.pipeline_name!r}) in {ctx.routes_table}")
+    if not delete_route(ctx.clients.dynamodb, ctx.routes_table, **_row_key(args)):
+        return _no_row(args, ctx)
     print(f"deleted ({args.source_prefix!r}, {args.pipeline_name!r})", file=ctx.out)
     return 0
 
@@ -272,8 +244,8 @@ def _validate(args: argparse.Namespace, ctx: CliContext) -> int:
                 {"source_prefix": r.source_prefix, "pipeline_name": r.pipeline_name, "problems": p}
                 for r, p in bad
             ],
-            args.output,
             ctx,
+            fmt=args.output,
         )
     else:
         for route, problems in bad:
@@ -286,23 +258,17 @@ def _validate(args: argparse.Namespace, ctx: CliContext) -> int:
     return 1 if bad else 0
 
 
-def _parse_when(value: str | None) -> datetime:
-    if not value:
-        return datetime.now(UTC)
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 @_guard
 def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
-    uri: str = args.flag_uri
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        return _fail(ctx, f"{uri!r} is not an s3://bucket/key URI", 2)
-    bucket, key = uri[5:].split("/", 1)
     try:
-        when = _parse_when(args.date)
+        flag = parse_s3_uri(args.flag_uri)
+    except ValueError as exc:
+        return _fail(ctx, str(exc), code=2)
+    bucket, key = flag.bucket, flag.key
+    try:
+        when = parse_iso8601(args.date) if args.date else datetime.now(UTC)
     except ValueError:
-        return _fail(ctx, f"--date {args.date!r} is not a date or ISO time", 2)
+        return _fail(ctx, f"--date {args.date!r} is not a date or ISO time", code=2)
     event = FlagEvent(bucket=bucket, key=key, event_time=when)
     if key.rsplit("/", 1)[-1] != args.flag_name:
         print(f"note: {key!r} is not a {args.flag_name}; the worker would ignore it", file=ctx.out)
@@ -329,7 +295,7 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
                 entry["objects"].append({"source_key": obj.key, "size": obj.size, "destination": name})
         report.append(entry)
     if args.output != "table":
-        _print_rows(report, args.output, ctx)
+        _print_rows(report, ctx, fmt=args.output)
     else:
         print(
             f"{event.uri} (event date {when.date().isoformat()}): {len(report)} matching row(s)", file=ctx.out
@@ -364,62 +330,18 @@ def _export(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def _diff(old: Route, new: Route) -> list[str]:
-    before, after = old.to_plain(), new.to_plain()
-    changes = []
-    for column in sorted(set(before) | set(after)):
-        if before.get(column) != after.get(column):
-            changes.append(f"{column}: {before.get(column, '(unset)')!r} -> {after.get(column, '(unset)')!r}")
-    return changes
-
-
 @_guard
 def _apply(args: argparse.Namespace, ctx: CliContext) -> int:
-    loaded = _read_yaml(args.file)
-    rows = loaded.get("routes") if isinstance(loaded, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        return _fail(ctx, f"{args.file} must hold `routes:` followed by a list of rows")
-    wanted = [Route.from_plain(row) for row in rows]
-    refused = [(route, route.problems()) for route in wanted]
-    refused = [(route, problems) for route, problems in refused if problems]
-    keys = [(r.source_prefix, r.pipeline_name) for r in wanted]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if refused or duplicates:
-        for route, problems in refused:
-            for problem in problems:
-                print(f"refused {route.source_prefix} / {route.pipeline_name}: {problem}", file=ctx.err)
-        for prefix, pipeline in duplicates:
-            print(f"refused: ({prefix!r}, {pipeline!r}) appears more than once", file=ctx.err)
-        return _fail(ctx, f"nothing applied: {len(refused) + len(duplicates)} bad row(s) in {args.file}")
-    current = {(r.source_prefix, r.pipeline_name): r for r in _all_routes(ctx)}
-    added = [r for r in wanted if (r.source_prefix, r.pipeline_name) not in current]
-    changed = [
-        (current[(r.source_prefix, r.pipeline_name)], r)
-        for r in wanted
-        if (r.source_prefix, r.pipeline_name) in current and current[(r.source_prefix, r.pipeline_name)] != r
-    ]
-    wanted_keys = set(keys)
-    removed = [r for key, r in current.items() if key not in wanted_keys] if args.prune else []
-    unchanged = len(wanted) - len(added) - len(changed)
-    for route in added:
-        print(
-            f"+ {route.source_prefix} / {route.pipeline_name} -> {_summary(route)['destination']}",
-            file=ctx.out,
-        )
-    for old, new in changed:
-        print(f"~ {new.source_prefix} / {new.pipeline_name}", file=ctx.out)
-        for change in _diff(old, new):
-            print(f"    {change}", file=ctx.out)
-    for route in removed:
-        print(f"- {route.source_prefix} / {route.pipeline_name}", file=ctx.out)
-    not_in_file = len(current) - len(wanted_keys & set(current)) - len(removed)
-    summary = (
-        f"{len(added)} to add, {len(changed)} to change, {len(removed)} to delete, {unchanged} unchanged"
-    )
-    if not_in_file:
-        summary += f" ({not_in_file} row(s) not in the file kept; --prune deletes them)"
-    print(summary, file=ctx.out)
-    if not (added or changed or removed):
+    try:
+        plan = plan_routes_file(ctx.clients.dynamodb, args.file, table=ctx.routes_table, prune=args.prune)
+    except RoutesFileRefused as exc:
+        for problem in exc.problems:
+            print(problem, file=ctx.err)
+        return _fail(ctx, exc.detail)
+    for line in plan.diff_lines():
+        print(line, file=ctx.out)
+    print(plan.summary(), file=ctx.out)
+    if not plan.has_changes:
         print("no changes", file=ctx.out)
         return 0
     if not args.yes:
@@ -431,16 +353,6 @@ def _apply(args: argparse.Namespace, ctx: CliContext) -> int:
         if answer not in {"y", "yes"}:
             print("nothing applied", file=ctx.out)
             return 1
-    for route in added:
-        put_route(ctx.clients.dynamodb, ctx.routes_table, route)
-    for _, route in changed:
-        put_route(ctx.clients.dynamodb, ctx.routes_table, route)
-    for route in removed:
-        delete_route(
-            ctx.clients.dynamodb,
-            ctx.routes_table,
-            source_prefix=route.source_prefix,
-            pipeline_name=route.pipeline_name,
-        )
+    plan.apply(ctx.clients.dynamodb)
     print(f"applied to {ctx.routes_table}", file=ctx.out)
     return 0

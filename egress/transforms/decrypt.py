@@ -282,7 +282,7 @@ class _RecordingKmsMasterKey(KMSMasterKey):
             raise
 
 
-def _esdk_provider(kms: KMSClient, key_ids: Sequence[str]) -> StrictAwsKmsMasterKeyProvider:
+def esdk_provider(kms: KMSClient, key_ids: Sequence[str]) -> StrictAwsKmsMasterKeyProvider:
     """A strict KMS master key provider that calls KMS through OUR client.
 
     The ESDK would otherwise build its own clients from a default boto3 session: no
@@ -602,7 +602,7 @@ class Decryptor:
                 from aws_encryption_sdk.materials_managers.caching import CachingCryptoMaterialsManager
 
                 self._esdk_materials = CachingCryptoMaterialsManager(
-                    master_key_provider=_esdk_provider(self._kms, self._allowed),
+                    master_key_provider=esdk_provider(self._kms, self._allowed),
                     cache=LocalCryptoMaterialsCache(capacity=self._key_cache_size),
                     max_age=float(self._key_cache_seconds),
                 )

@@ -33,8 +33,8 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from egress.local import MAX_RECEIVE_COUNT
-from egress.transforms.encrypt import envelope_encrypt
+from egress.devstack.bootstrap import MAX_RECEIVE_COUNT
+from egress.devstack.encrypt import envelope_encrypt
 from sft_agent.certs import issue, make_ca, write_pair
 from tests.conftest import REGION, free_port
 from tests.e2e.conftest import Stack

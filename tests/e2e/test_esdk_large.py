@@ -22,8 +22,8 @@ from pathlib import Path
 import aws_encryption_sdk
 from aws_encryption_sdk.identifiers import CommitmentPolicy
 
-from egress.transforms.decrypt import _esdk_provider
-from egress.transforms.encrypt import envelope_encrypt
+from egress.devstack.encrypt import envelope_encrypt
+from egress.transforms.decrypt import esdk_provider
 from tests.e2e.conftest import FLAG, Stack, WorkerProcess
 
 MIB = 1024 * 1024
@@ -49,7 +49,7 @@ def encrypt_non_framed(stack: Stack, plain: Path, message: Path) -> None:
     client = aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
     )
-    provider = _esdk_provider(stack.aws.kms, [stack.kms_key_arn])
+    provider = esdk_provider(stack.aws.kms, [stack.kms_key_arn])
     with (
         plain.open("rb") as source,
         message.open("wb") as out,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
+from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
 from tests.e2e.conftest import FLAG, Stack, WorkerProcess
 
 PLAIN = os.urandom(3 * 1024 * 1024 + 123)  # several ESDK frames and CTR blocks, odd length

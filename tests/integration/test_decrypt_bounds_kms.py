@@ -22,10 +22,10 @@ from aws_encryption_sdk.identifiers import AlgorithmSuite, CommitmentPolicy
 from egress.aws import AwsClients
 from egress.destinations.s3 import S3Destination, S3Target, TransferConfig
 from egress.destinations.sft import SftDestination
+from egress.devstack.encrypt import envelope_encrypt
 from egress.errors import AUTHENTICATION_FAILED, KEY_NOT_ALLOWED, PermanentError
 from egress.streams import rechunk
-from egress.transforms.decrypt import Decryptor, _esdk_provider
-from egress.transforms.encrypt import envelope_encrypt
+from egress.transforms.decrypt import Decryptor, esdk_provider
 from tests.conftest import REGION
 
 MIB = 1024 * 1024
@@ -42,7 +42,7 @@ def esdk_message(
     )
     message, _ = client.encrypt(
         source=data,
-        key_provider=_esdk_provider(aws.kms, [key_arn]),
+        key_provider=esdk_provider(aws.kms, [key_arn]),
         frame_length=frame_length,
         algorithm=suite,
     )

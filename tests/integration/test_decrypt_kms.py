@@ -20,6 +20,7 @@ import structlog.testing
 from aws_encryption_sdk.internal.formatting.deserialize import deserialize_header
 
 from egress.aws import AwsClients, AwsConfig, build_clients
+from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
 from egress.errors import (
     AUTHENTICATION_FAILED,
     KEY_NOT_ALLOWED,
@@ -30,7 +31,6 @@ from egress.errors import (
 )
 from egress.streams import rechunk
 from egress.transforms.decrypt import Decryptor, EncryptionFormat
-from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
 from tests.conftest import REGION, free_port
 
 # Odd length, several ESDK frames (4 KiB default frame) and many CTR blocks.

@@ -18,8 +18,29 @@ from urllib.parse import unquote_plus
 import pytest
 import yaml
 
-from egress import local
 from egress.aws import AwsClients
+from egress.devstack.bootstrap import (
+    DEFAULT_QUEUE,
+    NOTIFICATION_ID,
+    LocalResources,
+    Step,
+    bootstrap,
+    bucket_warnings,
+)
+from egress.devstack.errors import LocalSetupError
+from egress.devstack.processes import Child, child_env, stop_children, wait_until_ready
+from egress.devstack.publish import files_to_publish, publish
+from egress.devstack.stack import (
+    DEFAULT_PORT,
+    DEFAULT_PUBLISH_PREFIX,
+    LocalStack,
+    UpOptions,
+    agent_config,
+    publish_prefix,
+    sft_folders,
+)
+from egress.kernel.s3uri import S3Uri, parse_s3_uri
+from sft_agent.certs import CLIENT_CERT
 from tests.conftest import REGION
 
 FLAG = "pipeline_success.flag"
@@ -38,9 +59,9 @@ def names(unique: str) -> dict[str, str]:
 
 
 @pytest.fixture()
-def resources(aws: AwsClients, unique: str) -> local.LocalResources:
+def resources(aws: AwsClients, unique: str) -> LocalResources:
     pytest.importorskip("egress.routing", reason="egress.routing.create_routes_table not in this tree yet")
-    return local.bootstrap(aws, **names(unique))
+    return bootstrap(aws, **names(unique))
 
 
 def drain(aws: AwsClients, queue_url: str, *, wait: float = 2.0) -> list[dict[str, Any]]:
@@ -68,7 +89,7 @@ def sha256(data: bytes) -> str:
 # --------------------------------------------------------------------------- bootstrap
 
 
-def test_bootstrap_creates_every_resource(aws: AwsClients, resources: local.LocalResources) -> None:
+def test_bootstrap_creates_every_resource(aws: AwsClients, resources: LocalResources) -> None:
     r = resources
     for bucket in (r.source_bucket, r.destination_bucket):
         aws.s3.head_bucket(Bucket=bucket)
@@ -102,7 +123,7 @@ def test_bootstrap_creates_every_resource(aws: AwsClients, resources: local.Loca
     assert key["Arn"] == r.kms_key_arn and key["KeyState"] == "Enabled"
 
     notification = aws.s3.get_bucket_notification_configuration(Bucket=r.source_bucket)
-    [ours] = [q for q in notification["QueueConfigurations"] if q.get("Id") == local.NOTIFICATION_ID]
+    [ours] = [q for q in notification["QueueConfigurations"] if q.get("Id") == NOTIFICATION_ID]
     assert ours["QueueArn"] == r.queue_arn
     assert ours["Events"] == ["s3:ObjectCreated:*"]
     rules = ours["Filter"]["Key"]["FilterRules"]
@@ -115,10 +136,8 @@ def test_bootstrap_creates_every_resource(aws: AwsClients, resources: local.Loca
     assert env["AWS_ENDPOINT_URL"] == aws.config.endpoint_url
 
 
-def test_bootstrap_twice_reuses_everything(
-    aws: AwsClients, unique: str, resources: local.LocalResources
-) -> None:
-    again = local.bootstrap(aws, **names(unique))
+def test_bootstrap_twice_reuses_everything(aws: AwsClients, unique: str, resources: LocalResources) -> None:
+    again = bootstrap(aws, **names(unique))
 
     assert again.queue_url == resources.queue_url
     assert again.dlq_url == resources.dlq_url
@@ -129,7 +148,7 @@ def test_bootstrap_twice_reuses_everything(
 
 
 def test_bootstrap_repairs_a_drifted_queue_and_keeps_other_notifications(
-    aws: AwsClients, unique: str, resources: local.LocalResources
+    aws: AwsClients, unique: str, resources: LocalResources
 ) -> None:
     aws.sqs.set_queue_attributes(QueueUrl=resources.queue_url, Attributes={"VisibilityTimeout": "30"})
     other = aws.sqs.create_queue(QueueName=f"other-{unique}")["QueueUrl"]
@@ -147,9 +166,9 @@ def test_bootstrap_repairs_a_drifted_queue_and_keeps_other_notifications(
         },
     )
 
-    again = local.bootstrap(aws, **names(unique))
+    again = bootstrap(aws, **names(unique))
 
-    assert local.Step("updated", f"queue q-{unique} (VisibilityTimeout)") in again.steps
+    assert Step("updated", f"queue q-{unique} (VisibilityTimeout)") in again.steps
     attributes = aws.sqs.get_queue_attributes(QueueUrl=resources.queue_url, AttributeNames=["All"])
     assert attributes["Attributes"]["VisibilityTimeout"] == "120"
     ids = {
@@ -158,11 +177,11 @@ def test_bootstrap_repairs_a_drifted_queue_and_keeps_other_notifications(
             "QueueConfigurations"
         ]
     }
-    assert ids == {"someone-else", local.NOTIFICATION_ID}
+    assert ids == {"someone-else", NOTIFICATION_ID}
 
 
 def test_a_flag_upload_notifies_the_queue_and_data_does_not(
-    aws: AwsClients, resources: local.LocalResources
+    aws: AwsClients, resources: LocalResources
 ) -> None:
     drain(aws, resources.queue_url, wait=1.0)  # moto's s3:TestEvent from configuring the bucket
     prefix = "exports/opsmi/2024 01/"
@@ -204,7 +223,7 @@ def test_bootstrap_applies_the_routes_file(aws: AwsClients, unique: str, tmp_pat
     )
     lines: list[str] = []
 
-    done = local.bootstrap(aws, **n, routes_file=routes_file, report=lines.append)
+    done = bootstrap(aws, **n, routes_file=routes_file, report=lines.append)
 
     assert any(step.action == "applied" for step in done.steps)
     items = aws.dynamodb.scan(TableName=n["routes_table"])["Items"]
@@ -230,7 +249,7 @@ def test_bootstrap_warns_when_routes_name_other_buckets(tmp_path: Path) -> None:
             "transfer_type": "SFT",
         },
     ]
-    warnings = local._bucket_warnings(rows, source="egress-source", destination="egress-destination")
+    warnings = bucket_warnings(rows, source="egress-source", destination="egress-destination")
     assert len(warnings) == 1 and "'elsewhere'" in warnings[0]
 
 
@@ -312,10 +331,10 @@ def test_publish_uploads_every_file_then_the_flag_last(
     files = make_tree(tmp_path / "data")
     progress = io.StringIO()
 
-    result = local.publish(
+    result = publish(
         aws.s3,
         tmp_path / "data",
-        target=local.parse_s3_uri(f"s3://{bucket}/exports/opsmi"),
+        target=parse_s3_uri(f"s3://{bucket}/exports/opsmi", want="prefix"),
         progress_stream=progress,
     )
 
@@ -347,7 +366,7 @@ def test_publish_skips_a_flag_inside_the_folder(
     (tmp_path / "a.csv").write_bytes(b"1\n")
     warnings: list[str] = []
 
-    result = local.publish(aws.s3, tmp_path, target=local.S3Uri(bucket, "p/"), warn=warnings.append)
+    result = publish(aws.s3, tmp_path, target=S3Uri(bucket, "p/"), warn=warnings.append)
 
     assert result.keys == ("p/a.csv",)
     assert any("sub/" + FLAG in warning for warning in warnings)
@@ -359,18 +378,18 @@ def test_publish_refuses_an_empty_folder_and_writes_no_flag(
     bucket, _ = watched
     (tmp_path / "empty" / "nested").mkdir(parents=True)
 
-    with pytest.raises(local.LocalSetupError, match="holds no files"):
-        local.publish(aws.s3, tmp_path / "empty", target=local.S3Uri(bucket, "p/"))
-    with pytest.raises(local.LocalSetupError, match="not a folder"):
-        local.publish(aws.s3, tmp_path / "missing", target=local.S3Uri(bucket, "p/"))
+    with pytest.raises(LocalSetupError, match="holds no files"):
+        publish(aws.s3, tmp_path / "empty", target=S3Uri(bucket, "p/"))
+    with pytest.raises(LocalSetupError, match="not a folder"):
+        publish(aws.s3, tmp_path / "missing", target=S3Uri(bucket, "p/"))
     assert aws.s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
 def test_a_failed_upload_leaves_no_flag(aws: AwsClients, unique: str, tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_bytes(b"1\n")
 
-    with pytest.raises(local.LocalSetupError, match="flag was NOT written"):
-        local.publish(aws.s3, tmp_path, target=local.S3Uri(f"missing-{unique}", "p/"))
+    with pytest.raises(LocalSetupError, match="flag was NOT written"):
+        publish(aws.s3, tmp_path, target=S3Uri(f"missing-{unique}", "p/"))
 
 
 @pytest.mark.parametrize(
@@ -383,7 +402,7 @@ def test_a_failed_upload_leaves_no_flag(aws: AwsClients, unique: str, tmp_path: 
     ],
 )
 def test_parse_s3_uri(uri: str, bucket: str, prefix: str) -> None:
-    assert local.parse_s3_uri(uri) == local.S3Uri(bucket, prefix)
+    assert parse_s3_uri(uri, want="prefix") == S3Uri(bucket, prefix)
 
 
 @pytest.mark.parametrize(
@@ -400,7 +419,7 @@ def test_parse_s3_uri(uri: str, bucket: str, prefix: str) -> None:
 )
 def test_parse_s3_uri_refuses_malformed(uri: str) -> None:
     with pytest.raises(ValueError):
-        local.parse_s3_uri(uri)
+        parse_s3_uri(uri, want="prefix")
 
 
 def test_publish_command_exit_codes(
@@ -423,7 +442,7 @@ def test_publish_command_exit_codes(
 def test_publish_encrypt_writes_envelope_objects(
     aws: AwsClients, watched: tuple[str, str], tmp_path: Path, unique: str
 ) -> None:
-    pytest.importorskip("egress.transforms.encrypt", reason="envelope_encrypt not in this tree yet")
+    pytest.importorskip("egress.devstack.encrypt", reason="envelope_encrypt not in this tree yet")
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     bucket, _ = watched
@@ -434,9 +453,7 @@ def test_publish_encrypt_writes_envelope_objects(
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(data)
 
-    result = local.publish(
-        aws.s3, tmp_path, target=local.S3Uri(bucket, "enc/"), kms=aws.kms, kms_key_id=key_arn
-    )
+    result = publish(aws.s3, tmp_path, target=S3Uri(bucket, "enc/"), kms=aws.kms, kms_key_id=key_arn)
 
     assert sorted(result.keys) == sorted(f"enc/{relative}.enc" for relative in files)
     for relative, plain in files.items():
@@ -464,8 +481,8 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
         err = io.StringIO()
         started = time.monotonic()
 
-        code = local.LocalStack(
-            local.UpOptions(port=port, state_dir=tmp_path / "state"), out=io.StringIO(), err=err
+        code = LocalStack(
+            UpOptions(port=port, state_dir=tmp_path / "state"), out=io.StringIO(), err=err
         ).run()
 
     assert code == 1
@@ -473,8 +490,8 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
 
 
-def python_child(tmp_path: Path, name: str, code: str) -> local.Child:
-    return local.Child(
+def python_child(tmp_path: Path, name: str, code: str) -> Child:
+    return Child(
         name=name,
         argv=[sys.executable, "-c", code],
         log_path=tmp_path / f"{name}.log",
@@ -490,8 +507,8 @@ def test_a_child_that_exits_early_is_named_with_its_log(tmp_path: Path) -> None:
     )
     child.start()
 
-    with pytest.raises(local.LocalSetupError) as failure:
-        local.wait_until_ready([child], deadline=time.monotonic() + 20)
+    with pytest.raises(LocalSetupError) as failure:
+        wait_until_ready([child], deadline=time.monotonic() + 20)
 
     assert "worker exited with code 3" in str(failure.value)
     assert "cannot reach the queue" in str(failure.value)
@@ -501,10 +518,10 @@ def test_a_child_that_never_answers_is_named_after_the_deadline(tmp_path: Path) 
     child = python_child(tmp_path, "sft-agent", "import time; print('starting', flush=True); time.sleep(60)")
     child.start()
     try:
-        with pytest.raises(local.LocalSetupError, match="sft-agent did not answer on nowhere"):
-            local.wait_until_ready([child], deadline=time.monotonic() + 1)
+        with pytest.raises(LocalSetupError, match="sft-agent did not answer on nowhere"):
+            wait_until_ready([child], deadline=time.monotonic() + 1)
     finally:
-        local.stop_children([child], grace=2, report=lambda _line: None)
+        stop_children([child], grace=2, report=lambda _line: None)
 
 
 def test_stop_children_terminates_then_kills(tmp_path: Path) -> None:
@@ -522,7 +539,7 @@ def test_stop_children_terminates_then_kills(tmp_path: Path) -> None:
     lines: list[str] = []
     started = time.monotonic()
 
-    local.stop_children([polite, stubborn], grace=1, report=lines.append)
+    stop_children([polite, stubborn], grace=1, report=lines.append)
 
     assert polite.exit_code() is not None and stubborn.exit_code() is not None
     assert time.monotonic() - started < 8
@@ -530,7 +547,7 @@ def test_stop_children_terminates_then_kills(tmp_path: Path) -> None:
 
 
 def test_child_env_drops_the_callers_aws_settings() -> None:
-    env = local.child_env(
+    env = child_env(
         {"EGRESS_QUEUE_URL": "q"},
         base={
             "PATH": "/bin",
@@ -552,11 +569,11 @@ def test_agent_config_pushes_each_sft_folder_to_the_receiver(tmp_path: Path) -> 
         {"transfer_type": "sft", "destination_prefix": "finance"},
         {"transfer_type": "SFT", "destination_prefix": "warehouse/other/"},
     ]
-    folders = local.sft_folders(rows)
+    folders = sft_folders(rows)
     assert folders == ["warehouse", "finance"]
-    assert local.sft_folders([]) == ["warehouse"]
+    assert sft_folders([]) == ["warehouse"]
 
-    config = local.agent_config(
+    config = agent_config(
         sft_root=tmp_path / "root",
         folders=folders,
         receiver_url="https://localhost:8091",
@@ -568,14 +585,14 @@ def test_agent_config_pushes_each_sft_folder_to_the_receiver(tmp_path: Path) -> 
     assert warehouse["source"] == f"{tmp_path / 'root' / 'warehouse'}/"
     assert warehouse["actions"] == [{"http": {"url": "https://localhost:8091/warehouse", "method": "POST"}}]
     assert warehouse["error_folder"] == str(tmp_path / "root" / "error" / "warehouse")
-    assert config["tls"]["client_cert"] == str(tmp_path / "certs" / local.CLIENT_CERT)
+    assert config["tls"]["client_cert"] == str(tmp_path / "certs" / CLIENT_CERT)
 
 
 def test_agent_config_is_valid_for_the_agent(tmp_path: Path) -> None:
     agent_settings = pytest.importorskip(
         "sft_agent.settings", reason="sft_agent.settings not in this tree yet"
     )
-    config = local.agent_config(
+    config = agent_config(
         sft_root=tmp_path / "root",
         folders=["warehouse", "finance"],
         receiver_url="https://localhost:8091",
@@ -595,13 +612,13 @@ def test_publish_prefix_prefers_a_plain_route_prefix() -> None:
         {"source_prefix": "exports/$TODAYS_DATE/", "source_bucket": "egress-source"},
         {"source_prefix": "exports/opsmi", "source_bucket": "egress-source"},
     ]
-    assert local.publish_prefix(rows, source_bucket="egress-source") == "exports/opsmi/"
-    assert local.publish_prefix([], source_bucket="egress-source") == local.DEFAULT_PUBLISH_PREFIX
+    assert publish_prefix(rows, source_bucket="egress-source") == "exports/opsmi/"
+    assert publish_prefix([], source_bucket="egress-source") == DEFAULT_PUBLISH_PREFIX
 
 
 def test_the_sample_data_has_nested_files() -> None:
     sample = Path(__file__).resolve().parents[2] / "config" / "sample-data"
-    files = local.files_to_publish(sample, flag_name=FLAG, warn=lambda _line: None)
+    files = files_to_publish(sample, flag_name=FLAG, warn=lambda _line: None)
     assert 2 <= len(files) <= 5
     assert any("/" in f.relative for f in files)
 
@@ -611,5 +628,5 @@ def test_the_example_worker_config_is_valid() -> None:
 
     path = Path(__file__).resolve().parents[2] / "config" / "egress.local.yaml"
     settings = load_settings(environ={}, config_file=path)
-    assert settings.aws.endpoint_url == f"http://127.0.0.1:{local.DEFAULT_PORT}"
-    assert settings.queue_url.endswith("/" + local.DEFAULT_QUEUE)
+    assert settings.aws.endpoint_url == f"http://127.0.0.1:{DEFAULT_PORT}"
+    assert settings.queue_url.endswith("/" + DEFAULT_QUEUE)

@@ -17,7 +17,7 @@ import yaml
 from sft_helpers import AgentProc, Pki, ReceiverProc, agent_config, child_env, wait_for
 
 from sft_agent.certs import issue, make_ca, write_pair
-from sft_agent.testing import free_port, port_open
+from tests.support.ports import free_port, port_open
 
 
 @pytest.fixture(scope="session")

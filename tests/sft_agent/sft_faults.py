@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_agent.serving import QuickThreadingHTTPServer
-from sft_agent.testing import free_port
+from tests.support.ports import free_port
 
 MODES = ("forward", "500", "close_mid_body", "flip_byte", "slow_forward", "stall")
 

@@ -22,7 +22,7 @@ from sft_helpers import (
     wait_for,
 )
 
-from sft_agent.testing import NginxWebdav, find_nginx
+from tests.support.nginx import NginxWebdav, find_nginx
 
 
 def test_two_routes_and_a_copy_fan_out_deliver_byte_identical_files_and_delete_them(

@@ -21,7 +21,7 @@ from sft_helpers import (
     wait_for,
 )
 
-from sft_agent.testing import free_port
+from tests.support.ports import free_port
 
 
 def faulty(

@@ -18,7 +18,7 @@ from sft_helpers import AgentProc, ReceiverProc, drop, route, wait_for
 
 from egress.aws import AwsClients
 from egress.ledger import create_ledger_table
-from sft_agent.testing import free_port
+from tests.support.ports import free_port
 
 _serialize = TypeSerializer().serialize
 _deserialize = TypeDeserializer().deserialize

@@ -12,16 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from egress.aws import AwsClients
+from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream
 from egress.errors import UNKNOWN_ENCRYPTION, PermanentError
 from egress.streams import rechunk
 from egress.transforms.decrypt import (
     Decryptor,
     EncryptionFormat,
-    _esdk_provider,
     decrypted_name,
+    esdk_provider,
     looks_like_esdk,
 )
-from egress.transforms.encrypt import envelope_encrypt, esdk_encrypt_stream
 
 ENVELOPE_META = {"datakeyencryptionkeyid": "k", "ciphertext": "Y2lwaGVy", "iv": "aXY="}
 
@@ -43,7 +43,7 @@ def esdk_message(aws: AwsClients, key_arn: str, data: bytes, suite: AlgorithmSui
         return out.getvalue()
     # A legacy (format v1, non-committing) message, as older producers wrote them.
     client = aws_encryption_sdk.EncryptionSDKClient(commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT)
-    message, _ = client.encrypt(source=data, key_provider=_esdk_provider(aws.kms, [key_arn]), algorithm=suite)
+    message, _ = client.encrypt(source=data, key_provider=esdk_provider(aws.kms, [key_arn]), algorithm=suite)
     return bytes(message)
 
 

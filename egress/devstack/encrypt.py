@@ -1,5 +1,5 @@
-"""The producers' side of the encrypted formats: for ``egress local publish --encrypt``,
-tests and benchmarks. The worker only ever decrypts."""
+"""The producers' side of the encrypted formats (envelope, Encryption SDK, S3 Encryption Client),
+for ``egress local publish --encrypt``, tests and benchmarks. The worker only ever decrypts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import aws_encryption_sdk
 from aws_encryption_sdk.identifiers import CommitmentPolicy
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from egress.transforms.decrypt import _esdk_provider
+from egress.transforms.decrypt import esdk_provider
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -50,7 +50,7 @@ def esdk_encrypt_stream(kms: KMSClient, *, key_arn: str, source: BinaryIO, dest:
     client = aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
     )
-    with client.stream(mode="e", source=source, key_provider=_esdk_provider(kms, [key_arn])) as encryptor:
+    with client.stream(mode="e", source=source, key_provider=esdk_provider(kms, [key_arn])) as encryptor:
         for piece in encryptor:
             dest.write(piece)
 
@@ -80,6 +80,8 @@ def s3ec_encrypt(
     }
     if version not in suites:
         raise ValueError(f"unknown S3 Encryption Client version {version!r}; known: v2, v3")
-    pipeline = PutEncryptedObjectPipeline(DefaultCryptoMaterialsManager(KmsKeyring(kms, key_arn)), suites[version])
+    pipeline = PutEncryptedObjectPipeline(
+        DefaultCryptoMaterialsManager(KmsKeyring(kms, key_arn)), suites[version]
+    )
     body, metadata = pipeline.encrypt(data, encryption_context)
     return bytes(body), dict(metadata)

@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks, shipped beside the code: nginx as an mTLS WebDAV receiver.
+"""nginx as an mTLS WebDAV receiver, for tests and benchmarks: a receiving system not our own.
 
 :class:`NginxWebdav` starts the Debian ``nginx`` binary in the foreground on a loopback
 port, with every path (config, pid, logs, temp files, document root) in one folder, and
@@ -8,13 +8,13 @@ a real receiving system that is not our own code.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.support.ports import free_port, port_open
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
@@ -25,20 +25,6 @@ def find_nginx() -> str | None:
     if found:
         return found
     return next((c for c in NGINX_CANDIDATES if os.access(c, os.X_OK)), None)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int) -> bool:
-    """True if something accepts TCP connections on ``host:port``."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
 
 
 class NginxWebdav:

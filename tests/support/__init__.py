@@ -1,0 +1,1 @@
+"""Helpers the test tiers share that are not fixtures: ports, and nginx as a foreign receiver."""
