@@ -56,7 +56,7 @@ def encrypt_non_framed(bench: Bench, plain: Path, message: Path) -> None:
     import aws_encryption_sdk
     from aws_encryption_sdk.identifiers import CommitmentPolicy
 
-    from egress.transforms.decrypt import esdk_provider
+    from egress.transforms.esdk import esdk_provider
 
     client = aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT

@@ -42,7 +42,8 @@ def main() -> int:
     from egress.aws import AwsConfig, build_clients, emulator_session
     from egress.devstack.encrypt import esdk_encrypt_stream
     from egress.streams import ChunkReader
-    from egress.transforms.decrypt import Decryptor, esdk_provider
+    from egress.transforms.decrypt import Decryptor
+    from egress.transforms.esdk import esdk_provider
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
@@ -68,7 +69,9 @@ def main() -> int:
         )
         started = time.perf_counter()
         got = 0
-        with client.stream(mode="d", source=chunks(), key_provider=esdk_provider(aws.kms, [key_arn])) as stream:
+        with client.stream(
+            mode="d", source=chunks(), key_provider=esdk_provider(aws.kms, [key_arn])
+        ) as stream:
             while piece := stream.read(chunk):
                 got += len(piece)
         naive = time.perf_counter() - started

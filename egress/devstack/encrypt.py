@@ -12,7 +12,7 @@ import aws_encryption_sdk
 from aws_encryption_sdk.identifiers import CommitmentPolicy
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from egress.transforms.decrypt import esdk_provider
+from egress.transforms.esdk import esdk_provider
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient

@@ -23,7 +23,7 @@ import aws_encryption_sdk
 from aws_encryption_sdk.identifiers import CommitmentPolicy
 
 from egress.devstack.encrypt import envelope_encrypt
-from egress.transforms.decrypt import esdk_provider
+from egress.transforms.esdk import esdk_provider
 from tests.e2e.conftest import FLAG, Stack, WorkerProcess
 
 MIB = 1024 * 1024

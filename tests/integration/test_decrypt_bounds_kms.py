@@ -25,7 +25,8 @@ from egress.destinations.sft import SftDestination
 from egress.devstack.encrypt import envelope_encrypt
 from egress.errors import AUTHENTICATION_FAILED, KEY_NOT_ALLOWED, PermanentError
 from egress.streams import rechunk
-from egress.transforms.decrypt import Decryptor, esdk_provider
+from egress.transforms.decrypt import Decryptor
+from egress.transforms.esdk import esdk_provider
 from tests.conftest import REGION
 
 MIB = 1024 * 1024

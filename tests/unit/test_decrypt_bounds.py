@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from egress.streams import ChunkReader, rechunk
-from egress.transforms.decrypt import EsdkBodyError, esdk_plaintext
+from egress.transforms.esdk import EsdkBodyError, esdk_plaintext
 
 MIB = 1024 * 1024
 SIGNED = AlgorithmSuite.AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384  # the library's default

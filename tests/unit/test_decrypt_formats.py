@@ -15,13 +15,8 @@ from egress.aws import AwsClients
 from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream
 from egress.errors import UNKNOWN_ENCRYPTION, PermanentError
 from egress.streams import rechunk
-from egress.transforms.decrypt import (
-    Decryptor,
-    EncryptionFormat,
-    decrypted_name,
-    esdk_provider,
-    looks_like_esdk,
-)
+from egress.transforms.decrypt import Decryptor, EncryptionFormat, decrypted_name
+from egress.transforms.esdk import esdk_provider, looks_like_esdk
 
 ENVELOPE_META = {"datakeyencryptionkeyid": "k", "ciphertext": "Y2lwaGVy", "iv": "aXY="}
 
@@ -42,7 +37,9 @@ def esdk_message(aws: AwsClients, key_arn: str, data: bytes, suite: AlgorithmSui
         esdk_encrypt_stream(aws.kms, key_arn=key_arn, source=io.BytesIO(data), dest=out)
         return out.getvalue()
     # A legacy (format v1, non-committing) message, as older producers wrote them.
-    client = aws_encryption_sdk.EncryptionSDKClient(commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT)
+    client = aws_encryption_sdk.EncryptionSDKClient(
+        commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT
+    )
     message, _ = client.encrypt(source=data, key_provider=esdk_provider(aws.kms, [key_arn]), algorithm=suite)
     return bytes(message)
 
@@ -74,7 +71,12 @@ def test_metadata_decides_before_bytes(detector: Decryptor) -> None:
 @pytest.mark.parametrize(
     "metadata",
     [
-        {"x-amz-key-v2": "a", "x-amz-iv": "b", "x-amz-cek-alg": "AES/GCM/NoPadding", "x-amz-wrap-alg": "kms+context"},
+        {
+            "x-amz-key-v2": "a",
+            "x-amz-iv": "b",
+            "x-amz-cek-alg": "AES/GCM/NoPadding",
+            "x-amz-wrap-alg": "kms+context",
+        },
         {"x-amz-key": "a", "x-amz-iv": "b", "x-amz-matdesc": "{}"},
         {"x-amz-c": "115", "x-amz-3": "blob", "x-amz-w": "12", "x-amz-d": "c", "x-amz-i": "i"},
     ],
@@ -98,7 +100,10 @@ def test_real_esdk_headers_are_recognised(aws: AwsClients, key_arn: str, detecto
 def test_legacy_non_committing_messages_still_decrypt(aws: AwsClients, key_arn: str) -> None:
     data = os.urandom(10_000)
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
-    for suite in (AlgorithmSuite.AES_256_GCM_IV12_TAG16_HKDF_SHA384_ECDSA_P384, AlgorithmSuite.AES_256_GCM_IV12_TAG16):
+    for suite in (
+        AlgorithmSuite.AES_256_GCM_IV12_TAG16_HKDF_SHA384_ECDSA_P384,
+        AlgorithmSuite.AES_256_GCM_IV12_TAG16,
+    ):
         message = esdk_message(aws, key_arn, data, suite)
         assert b"".join(decryptor.decrypt(source="s3://b/k", metadata={}, chunks=iter([message]))) == data
 
@@ -150,7 +155,9 @@ def test_envelope_round_trip_any_size_and_chunking(
     assert len(ciphertext) == size and (size < 16 or ciphertext != data)
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     chunks = list(
-        decryptor.decrypt(source="s3://b/k", metadata=metadata, chunks=rechunk(iter([ciphertext]), size=out_chunk))
+        decryptor.decrypt(
+            source="s3://b/k", metadata=metadata, chunks=rechunk(iter([ciphertext]), size=out_chunk)
+        )
     )
     assert b"".join(chunks) == data
     assert all(isinstance(chunk, bytes) for chunk in chunks)

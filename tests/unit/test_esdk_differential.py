@@ -19,7 +19,7 @@ import aws_encryption_sdk
 import pytest
 from aws_encryption_sdk.identifiers import AlgorithmSuite, CommitmentPolicy
 
-from egress.transforms.decrypt import esdk_plaintext
+from egress.transforms.esdk import esdk_plaintext
 from tests.unit.test_decrypt_bounds import MATERIALS, PROVIDER, READER, pieces
 
 SUITES = list(AlgorithmSuite)
