@@ -2,8 +2,17 @@
 
 The coordinator of the data path. It only decides which pieces to chain for each
 object — server-side copy, or GET → decrypt → compress → upload/write — and leaves the
-bytes to the stage modules. Objects of a route are moved in parallel (bounded), and a
-byte budget bounds what all the streams of the worker hold at once.
+bytes to the stage modules. The route's destination is picked once
+(:meth:`egress.destinations.routes.Destinations.for_route`) and then asked, through the
+:class:`~egress.destinations.Destination` protocol, everything that differs between S3
+and SFT: how to resume, whether to copy server-side, what to record when. Objects of a
+route are moved in parallel (bounded), and a byte budget bounds what all the streams of
+the worker hold at once.
+
+Retries: botocore retries every AWS request (standard mode, :mod:`egress.aws`); the one
+tenacity layer here retries what it cannot, an object's whole transfer (a stream that
+broke mid-way starts again from its GET). Its waits end at once when the delivery is
+cancelled.
 """
 
 from __future__ import annotations
@@ -13,49 +22,34 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from egress import metrics
-from egress.destinations import Delivered
-from egress.destinations.s3 import S3Destination, S3Target, TransferConfig, assume_role_s3
+from egress.destinations import Delivered, Destination
+from egress.destinations.routes import Destinations
+from egress.destinations.s3 import RoleClients, S3Destination, TransferConfig
 from egress.destinations.sft import SftDestination
-from egress.errors import (
-    LEASE_LOST,
-    EgressError,
-    RetryableError,
-    StopRequested,
-    error_code,
-    translate_client_error,
-)
-from egress.ledger import (
-    DONE,
-    SFT_DELIVERED_STATES,
-    UNSENT_KEY,
-    UPLOADING,
-    WRITTEN,
-    Claim,
-    DeliveryKey,
-    Lease,
-    Ledger,
-    ObjectRecord,
-    ProgressLog,
-)
+from egress.errors import LEASE_LOST, EgressError, RetryableError, StopRequested
+from egress.ledger import Claim, DeliveryKey, Lease, Ledger, ProgressLog
+from egress.ledger_table import ObjectRecord
 from egress.messages import FlagEvent
 from egress.plan import DeliveryItem, check_names, manifest_name, name_items, plan_route
 from egress.routing import Route, RouteMatch
-from egress.sources import SourceObject, list_objects, open_object
+from egress.sources import OpenedObject, SourceObject, list_objects, open_object
 from egress.streams import Chunks
 from egress.transforms.compress import compress
 from egress.transforms.decrypt import Decryptor
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from egress.aws import AwsClients
     from egress.settings import WorkerSettings
 
@@ -85,6 +79,7 @@ class ByteBudget:
         return amount
 
     def release(self, amount: int) -> None:
+        """Give back what :meth:`acquire` returned."""
         with self._cond:
             self._free += amount
             self._cond.notify_all()
@@ -96,6 +91,40 @@ def guard(chunks: Chunks, cancel: threading.Event) -> Chunks:
         if cancel.is_set():
             raise StopRequested
         yield chunk
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """GET → decrypt → compress for one object, within the worker's byte budget.
+
+    ``per_object_cost`` is the most one stream holds (its parts in flight and the chunks
+    of its stages); a small object takes only its own size and a chunk.
+    """
+
+    s3: S3Client
+    decryptor: Decryptor
+    budget: ByteBudget
+    chunk_size: int
+    per_object_cost: int
+
+    @contextmanager
+    def open(
+        self, source: SourceObject, route: Route, *, cancel: threading.Event
+    ) -> Iterator[tuple[OpenedObject, Chunks]]:
+        """The opened object and its body as the route wants it delivered; the budget is held until exit."""
+        taken = self.budget.acquire(min(source.size + self.chunk_size, self.per_object_cost), cancel=cancel)
+        try:
+            opened = open_object(self.s3, source, chunk_size=self.chunk_size)
+            chunks: Chunks = guard(opened.chunks, cancel)
+            if route.decrypt:
+                chunks = self.decryptor.decrypt(
+                    source=source.uri, metadata=opened.metadata, chunks=chunks, size=opened.size
+                )
+            if route.compress:
+                chunks = compress(chunks, fmt=route.compress_fmt or "gz")
+            yield opened, chunks
+        finally:
+            self.budget.release(taken)
 
 
 @dataclass(frozen=True)
@@ -119,16 +148,14 @@ class _Progress:
 
 @dataclass
 class _RouteRun:
-    """One attempt at one delivery: what it needs to record progress as it goes."""
+    """One attempt at one delivery: where it goes, and what it needs to record progress as it goes."""
 
     key: DeliveryKey
     match: RouteMatch
     cancel: threading.Event
     checkpoint: ProgressLog
+    destination: Destination
     progress: _Progress = field(default_factory=_Progress)
-    # A lapsed claim was taken over: before writing a key, abort its open uploads (the dead
-    # claim may have opened one and died before recording it).
-    took_over: bool = False
 
     @property
     def labels(self) -> dict[str, str]:
@@ -140,8 +167,45 @@ class _RouteRun:
         }
 
 
+@dataclass(frozen=True)
+class _Journal:
+    """One object's rows in the ledger, written when its destination says (an :class:`ObjectJournal`)."""
+
+    ledger: Ledger
+    run: _RouteRun
+    name: str
+    source_key: str
+
+    def record_now(self, status: str, delivered: Delivered | None = None, **extra: Any) -> None:
+        self.run.checkpoint.record_now([self._row(status, delivered, **extra)])
+
+    def record_later(self, status: str, delivered: Delivered, **extra: Any) -> None:
+        self.run.checkpoint.add(self._row(status, delivered, **extra))
+
+    def _row(self, status: str, delivered: Delivered | None, **extra: Any) -> dict[str, Any]:
+        return self.ledger.object_item(
+            self.run.key,
+            name=self.name,
+            status=status,
+            source_key=self.source_key,
+            size=delivered.size if delivered else 0,
+            sha256=delivered.sha256 if delivered else None,
+            **extra,
+        )
+
+
 def _worth_retrying(exc: BaseException) -> bool:
     return isinstance(exc, RetryableError) and exc.reason != LEASE_LOST
+
+
+def _sleep_unless_cancelled(cancel: threading.Event) -> Callable[[float], None]:
+    """A tenacity sleep that ends with :class:`StopRequested` as soon as ``cancel`` is set."""
+
+    def sleep(seconds: float) -> None:
+        if cancel.wait(seconds):
+            raise StopRequested
+
+    return sleep
 
 
 class RouteDelivery:
@@ -168,20 +232,26 @@ class RouteDelivery:
         self._aws = aws
         self._settings = settings
         self._ledger = ledger
-        self._decryptor = decryptor
-        self._sft = sft
         self._pool = objects_pool
-        self._budget = budget
         self._clock = clock
-        self._receipt_grace = sft_receipt_grace
-        self._transfer = TransferConfig(
+        transfer = TransferConfig(
             part_size=settings.part_size,
             max_parts_in_flight=settings.parts_in_flight,
             copy_threshold=settings.copy_threshold_mb * 1024 * 1024,
         )
-        self._uploader = S3Destination(aws.s3, config=self._transfer)
-        self._role_cache: dict[str, Any] = {}
-        self._per_object_cost = settings.part_size * (settings.parts_in_flight + 1) + settings.chunk_size * 4
+        self._destinations = Destinations(
+            s3=S3Destination(aws.s3, config=transfer),
+            roles=RoleClients(aws, session_name="data-egress"),
+            sft=sft,
+            receipt_grace=sft_receipt_grace,
+        )
+        self._streams = StreamSource(
+            s3=aws.s3,
+            decryptor=decryptor,
+            budget=budget,
+            chunk_size=settings.chunk_size,
+            per_object_cost=transfer.upload_memory_bytes + settings.chunk_size * 4,
+        )
 
     def deliver(
         self,
@@ -205,9 +275,15 @@ class RouteDelivery:
             source_prefix=route.source_prefix,
             pipeline_name=route.pipeline_name,
         )
-        run = _RouteRun(key=key, match=match, cancel=cancel, checkpoint=ProgressLog(self._ledger, key))
-        labels = run.labels
         lease = self._ledger.begin(key, recipient=route.recipient_name, transfer_type=route.transfer_type)
+        run = _RouteRun(
+            key=key,
+            match=match,
+            cancel=cancel,
+            checkpoint=ProgressLog(self._ledger, key),
+            destination=self._destinations.for_route(match, taken_over=lease.taken_over is not None),
+        )
+        labels = run.labels
         if lease.claim is Claim.ALREADY_DELIVERED:
             log.info("route already delivered", **labels)
             metrics.DELIVERIES.labels(**labels, outcome="duplicate").inc()
@@ -289,98 +365,18 @@ class RouteDelivery:
             flag_name=self._settings.flag_name,
         )
 
-    # -- resuming --------------------------------------------------------------------------
     def _resume(self, run: _RouteRun, lease: Lease) -> dict[str, ObjectRecord]:
-        """What an earlier attempt finished; clean up what a dead claim left open."""
-        route = run.match.route
+        """What an earlier attempt finished; the destination cleans up what a dead claim left open."""
         records = self._ledger.objects(run.key)
         if lease.taken_over:
             metrics.TAKEOVERS.inc()
             log.warning("taking over a lapsed claim", previous_claim=lease.taken_over, recorded=len(records))
-        if route.transfer_type == "SFT":
-            done = self._resume_sft(run, records)
-            if lease.taken_over:
-                folder = run.match.destination_prefix.strip("/")
-                removed = self._sft.sweep_temp_files(folder)
-                if removed:
-                    log.info("removed temp files of the lapsed claim", count=removed)
-        else:
-            done = {name: record for name, record in records.items() if record.status == DONE}
-            for record in records.values():
-                if record.status == UPLOADING and record.mpu_id:
-                    self._abort_recorded_upload(route, record)
-            run.took_over = lease.taken_over is not None
+        done = run.destination.resume(
+            records, reread=lambda name: self._ledger.object_row(run.key, name), cancel=run.cancel
+        )
         if done:
             log.info("resuming a delivery", done=len(done))
         return done
-
-    def _resume_sft(self, run: _RouteRun, records: dict[str, ObjectRecord]) -> dict[str, ObjectRecord]:
-        done: dict[str, ObjectRecord] = {}
-        unaccounted: list[ObjectRecord] = []
-        for name, record in records.items():
-            if record.status in SFT_DELIVERED_STATES - {WRITTEN}:
-                done[name] = record  # the agent has it, sent it or parked it
-            elif record.status != WRITTEN:
-                continue
-            elif self._sft.exists(name):
-                done[name] = record
-            elif record.temp_name and self._sft.commit_temp(name, record.temp_name):
-                log.info("finished a write the lapsed claim recorded", file=name)
-                done[name] = record
-            else:
-                unaccounted.append(record)
-        if not unaccounted:
-            return done
-        # Neither the file nor its temp file is there: the agent may have claimed it a
-        # moment ago (its receipt follows at once), or it never got renamed and its temp
-        # file was swept. Wait for receipts before writing anything again.
-        deadline = time.monotonic() + self._receipt_grace
-        while time.monotonic() < deadline and not run.cancel.is_set():
-            time.sleep(0.2)
-        for record in unaccounted:
-            fresh = self._ledger.object_row(run.key, record.name)
-            if (fresh is not None and fresh.status != WRITTEN) or self._sft.exists(record.name):
-                done[record.name] = fresh or record
-            else:
-                log.warning(
-                    "recorded file is gone with no receipt from the agent; writing it again", file=record.name
-                )
-        return done
-
-    def _abort_recorded_upload(self, route: Route, record: ObjectRecord) -> None:
-        writer = self._writer_for(route.role_arn)
-        try:
-            writer.s3.abort_multipart_upload(
-                Bucket=record.bucket or route.destination_bucket or "",
-                Key=record.name,
-                UploadId=record.mpu_id or "",
-            )
-            log.info("aborted the upload of an earlier attempt", key=record.name, upload_id=record.mpu_id)
-        except ClientError as exc:
-            if error_code(exc) != "NoSuchUpload":
-                raise translate_client_error(exc, doing=f"aborting the upload of {record.name}") from exc
-        except BotoCoreError as exc:
-            raise translate_client_error(exc, doing=f"aborting the upload of {record.name}") from exc
-
-    def _abort_open_uploads(self, route: Route, key: str) -> None:
-        """Abort open uploads to ``key``: a dead claim's, opened but not recorded (killed in between).
-
-        Made before this claim writes ``key``, so any other upload to it is a stale
-        writer's. (The upload's ``Initiated`` time cannot tell whose it is: the emulator
-        reports a fixed date.)
-        """
-        writer = self._writer_for(route.role_arn)
-        bucket = route.destination_bucket or ""
-        try:
-            paginator = writer.s3.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=bucket, Prefix=key):
-                for upload in page.get("Uploads", []):
-                    if upload.get("Key") != key:
-                        continue
-                    writer.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-                    log.info("aborted an unrecorded upload of the lapsed claim", key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise translate_client_error(exc, doing=f"listing open uploads of s3://{bucket}/{key}") from exc
 
     # -- moving objects --------------------------------------------------------------------
     def _deliver_objects(
@@ -435,11 +431,13 @@ class RouteDelivery:
             raise failure
 
     def _deliver_one(self, run: _RouteRun, item: DeliveryItem) -> None:
-        route = run.match.route
+        """Move one object, retrying its whole transfer on retryable errors; then record and count it."""
+        journal = _Journal(self._ledger, run, item.destination_name, item.source.key)
         attempts = Retrying(
             retry=retry_if_exception(_worth_retrying),
             stop=stop_after_attempt(max(1, self._settings.retry_attempts)),
             wait=wait_random_exponential(multiplier=0.5, max=10),
+            sleep=_sleep_unless_cancelled(run.cancel),
             reraise=True,
         )
         delivered: Delivered | None = None
@@ -447,17 +445,16 @@ class RouteDelivery:
             with attempt:
                 if run.cancel.is_set():
                     raise StopRequested
-                delivered = self._move(run, item)
+                delivered = self._move(run, item, journal)
         assert delivered is not None
-        if route.transfer_type == "S3":
-            run.checkpoint.add(self._row(run, item.destination_name, item.source.key, DONE, delivered))
+        run.destination.record_delivered(delivered, journal=journal)
         metrics.OBJECTS.labels(**run.labels).inc()
         metrics.BYTES.labels(**run.labels).inc(delivered.size)
         progress = run.progress
         with progress.lock:
             progress.objects += 1
             progress.size += delivered.size
-            if route.manifest_file_name:
+            if run.match.route.manifest_file_name:
                 progress.manifest.append(
                     {
                         "name": _relative_to(item.destination_name, run.match.destination_prefix),
@@ -467,134 +464,16 @@ class RouteDelivery:
                     }
                 )
 
-    def _row(
-        self,
-        run: _RouteRun,
-        name: str,
-        source_key: str,
-        status: str,
-        delivered: Delivered | None = None,
-        **extra: Any,
-    ) -> dict[str, Any]:
-        return self._ledger.object_item(
-            run.key,
-            name=name,
-            status=status,
-            source_key=source_key,
-            size=delivered.size if delivered else 0,
-            sha256=delivered.sha256 if delivered else None,
-            **extra,
-        )
-
-    def _before_rename(self, run: _RouteRun, name: str, source_key: str) -> Callable[[str, int, str], None]:
-        """The SFT write-ahead: the file's row exists before the agent can see the file."""
-
-        def record(temp_name: str, size: int, sha256: str) -> None:
-            delivered = Delivered(name=name, size=size, sha256=sha256)
-            run.checkpoint.record_now(
-                [
-                    self._row(
-                        run,
-                        name,
-                        source_key,
-                        WRITTEN,
-                        delivered,
-                        sft_path=name,
-                        unsent=UNSENT_KEY,
-                        temp_name=temp_name,
-                    )
-                ]
-            )
-
-        return record
-
-    def _upload_started(
-        self, run: _RouteRun, name: str, source_key: str, bucket: str
-    ) -> Callable[[str], None]:
-        def record(upload_id: str) -> None:
-            run.checkpoint.record_now(
-                [self._row(run, name, source_key, UPLOADING, mpu_id=upload_id, bucket=bucket)]
-            )
-
-        return record
-
-    def _move(self, run: _RouteRun, item: DeliveryItem) -> Delivered:
-        match = run.match
-        cancel = run.cancel
-        route = match.route
+    def _move(self, run: _RouteRun, item: DeliveryItem, journal: _Journal) -> Delivered:
+        """One try: a server-side copy if the destination offers one, else GET → transforms → write."""
+        destination = run.destination
         source = item.source
         name = item.destination_name
-        plain_copy = route.transfer_type == "S3" and not (route.decrypt or route.compress or route.role_arn)
-        multipart = not plain_copy or source.size > self._transfer.copy_threshold
-        if run.took_over and route.transfer_type == "S3" and multipart:
-            self._abort_open_uploads(route, name)
-        if plain_copy:
-            return self._uploader.copy(
-                source,
-                self._s3_target(match, name),
-                cancel=cancel,
-                on_upload_started=self._upload_started(run, name, source.key, route.destination_bucket or ""),
-            )
-        if route.transfer_type == "SFT":
-            self._sft.ensure_space(source.size, path=self._sft.resolve(name))
-        taken = self._budget.acquire(
-            min(source.size + self._settings.chunk_size, self._per_object_cost), cancel=cancel
-        )
-        try:
-            opened = open_object(self._aws.s3, source, chunk_size=self._settings.chunk_size)
-            chunks: Chunks = guard(opened.chunks, cancel)
-            if route.decrypt:
-                chunks = self._decryptor.decrypt(
-                    source=source.uri, metadata=opened.metadata, chunks=chunks, size=opened.size
-                )
-            if route.compress:
-                chunks = compress(chunks, fmt=route.compress_fmt or "gz")
-            if route.transfer_type == "SFT":
-                return self._sft.write(
-                    name, chunks, cancel=cancel, before_commit=self._before_rename(run, name, source.key)
-                )
-            # Undecrypted bytes keep their envelope metadata, or they could never be read.
-            metadata = {} if route.decrypt else dict(opened.metadata)
-            target = self._s3_target(
-                match,
-                name,
-                metadata=metadata,
-                content_type=None if route.compress else opened.content_type,
-            )
-            return self._writer_for(route.role_arn).upload(
-                target,
-                chunks,
-                cancel=cancel,
-                on_upload_started=self._upload_started(run, name, source.key, target.bucket),
-            )
-        finally:
-            self._budget.release(taken)
-
-    def _s3_target(
-        self,
-        match: RouteMatch,
-        name: str,
-        *,
-        metadata: dict[str, str] | None = None,
-        content_type: str | None = None,
-    ) -> S3Target:
-        route = match.route
-        return S3Target(
-            bucket=route.destination_bucket or "",
-            key=name,
-            kms_key_id=route.destination_kms_key_id or None,
-            bucket_owner_full_control=bool(route.role_arn),
-            metadata=metadata or {},
-            content_type=content_type,
-        )
-
-    def _writer_for(self, role_arn: str | None) -> S3Destination:
-        if not role_arn:
-            return self._uploader
-        client = assume_role_s3(
-            self._aws, role_arn=role_arn, session_name="data-egress", cache=self._role_cache
-        )
-        return S3Destination(client, config=self._transfer)
+        destination.prepare(source, name)
+        if destination.copies(source):
+            return destination.copy(source, name, cancel=run.cancel, journal=journal)
+        with self._streams.open(source, run.match.route, cancel=run.cancel) as (opened, chunks):
+            return destination.write(name, chunks, opened=opened, cancel=run.cancel, journal=journal)
 
     def _write_manifest(
         self, event: FlagEvent, run: _RouteRun, name: str | None, done: dict[str, ObjectRecord]
@@ -612,13 +491,11 @@ class RouteDelivery:
             "objects": sorted(run.progress.manifest, key=lambda entry: str(entry["name"])),
         }
         data = json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8")
-        source_key = run.match.delivery_prefix + (route.manifest_file_name or "")
-        if route.transfer_type == "SFT":
-            self._sft.write_bytes(name, data, before_commit=self._before_rename(run, name, source_key))
-        else:
-            target = self._s3_target(run.match, name, content_type="application/json")
-            delivered = self._writer_for(route.role_arn).upload(target, iter([data]))
-            run.checkpoint.add(self._row(run, name, source_key, DONE, delivered))
+        journal = _Journal(
+            self._ledger, run, name, run.match.delivery_prefix + (route.manifest_file_name or "")
+        )
+        delivered = run.destination.write_manifest(name, data, journal=journal)
+        run.destination.record_delivered(delivered, journal=journal)
 
 
 def _relative_to(name: str, prefix: str) -> str:

@@ -6,13 +6,10 @@ flight is the chunk size times the number of chunks a stage holds, never an obje
 
 from __future__ import annotations
 
-import hashlib
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 Chunks = Iterator[bytes]
-
-DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 
 class ChunkReader(io.RawIOBase):
@@ -74,15 +71,6 @@ class ChunkReader(io.RawIOBase):
         return 0
 
 
-def read_chunks(fileobj: io.RawIOBase | io.BufferedIOBase, *, chunk_size: int) -> Chunks:
-    """Yield ``chunk_size`` pieces of a file object until it is exhausted."""
-    while True:
-        data = fileobj.read(chunk_size)
-        if not data:
-            return
-        yield bytes(data)
-
-
 def rechunk(chunks: Iterable[bytes], *, size: int) -> Chunks:
     """Yield pieces of exactly ``size`` bytes (the last may be shorter)."""
     pending = bytearray()
@@ -98,31 +86,3 @@ def rechunk(chunks: Iterable[bytes], *, size: int) -> Chunks:
             yield piece
     if pending:
         yield bytes(pending)
-
-
-class Digest:
-    """SHA-256 and byte count of everything that passed through :meth:`wrap`."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self.size = 0
-
-    def wrap(self, chunks: Iterable[bytes]) -> Chunks:
-        """Pass chunks through, hashing and counting them."""
-        for chunk in chunks:
-            self._sha.update(chunk)
-            self.size += len(chunk)
-            yield chunk
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-    def digest(self) -> bytes:
-        return self._sha.digest()
-
-
-def with_callback(chunks: Iterable[bytes], callback: Callable[[int], None]) -> Chunks:
-    """Pass chunks through, telling ``callback`` how many bytes each had."""
-    for chunk in chunks:
-        callback(len(chunk))
-        yield chunk

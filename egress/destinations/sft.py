@@ -38,7 +38,7 @@ from pathlib import Path
 
 import structlog
 
-from egress.destinations import Delivered, raise_if_cancelled
+from egress.destinations.base import Delivered, close_abandoned, raise_if_cancelled
 from egress.errors import (
     ACCESS_DENIED,
     DISK_SHORT,
@@ -49,7 +49,9 @@ from egress.errors import (
     PermanentError,
     RetryableError,
 )
-from egress.names import AGENT_SKIPPED_SUFFIXES, NAME_MAX, sft_path_problem
+from egress.kernel.fsutil import fsync_dir
+from egress.kernel.tempnames import temp_name
+from egress.names import AGENT_SKIPPED_SUFFIXES, sft_path_problem
 
 __all__ = ["AGENT_SKIPPED_SUFFIXES", "OwnerRegistry", "SftDestination"]
 
@@ -159,7 +161,7 @@ class SftDestination:
             self._make_folders(folder)
         # The folders exist now: check again that none of them is a link out of the root.
         self.resolve(relative)
-        temp = folder / _temp_name(final.name, owner=self.owners.owner)
+        temp = folder / temp_name(final.name, token=f"{self.owners.owner}-{secrets.token_hex(_TOKEN_BYTES)}")
         sha = hashlib.sha256()
         size = 0
         with _translated(f"creating a temp file for {relative!r}"):
@@ -183,7 +185,7 @@ class SftDestination:
             with _translated(f"renaming {temp.name!r} to {relative!r}"):
                 os.replace(temp, final)
         except BaseException:
-            _close(chunks)
+            close_abandoned(chunks)
             _remove(temp)
             raise
         if self.fsync:
@@ -297,21 +299,9 @@ class SftDestination:
         raised, since redelivering it would not make it more durable.
         """
         try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(folder)
         except OSError as exc:
             log.warning("could not fsync folder after rename", folder=str(folder), error=str(exc))
-
-
-def _temp_name(name: str, *, owner: str) -> str:
-    """``.<name>.<owner>-<random>.part``, ``name`` shortened so the whole stays within 255 bytes."""
-    token = f"{owner}-{secrets.token_hex(_TOKEN_BYTES)}"
-    room = NAME_MAX - len(f"..{token}.part")
-    stem = name.encode("utf-8")[:room].decode("utf-8", errors="ignore")
-    return f".{stem}.{token}.part"
 
 
 class OwnerRegistry:
@@ -387,16 +377,6 @@ def _remove(path: Path) -> None:
     except OSError as exc:
         # Never replace the failure being handled; the start-up sweep gets it later.
         log.warning("could not remove temp file", path=str(path), error=str(exc))
-
-
-def _close(chunks: Iterable[bytes]) -> None:
-    """Close an abandoned stream (a generator) so its source, e.g. an open GET, is released now."""
-    close = getattr(chunks, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception as exc:  # noqa: BLE001 - never replace the failure being handled
-            log.warning("closing the abandoned stream failed", error=str(exc)[:200])
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})

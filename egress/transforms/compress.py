@@ -12,16 +12,7 @@ from collections.abc import Iterable, Iterator
 import zstandard
 
 FORMATS = ("gz", "zstd")
-_SUFFIX = {"gz": ".gz", "zstd": ".zst"}
 _OUT_CHUNK = 1024 * 1024
-
-
-def suffix(fmt: str) -> str:
-    """The file-name suffix of a compression format."""
-    try:
-        return _SUFFIX[fmt]
-    except KeyError:
-        raise ValueError(f"unknown compression format {fmt!r}; known: {', '.join(FORMATS)}") from None
 
 
 def _batched(pieces: Iterable[bytes]) -> Iterator[bytes]:

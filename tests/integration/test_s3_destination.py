@@ -25,14 +25,15 @@ from botocore.exceptions import ClientError
 
 from egress.aws import AwsClients, AwsConfig, build_clients
 from egress.destinations import Delivered
+from egress.destinations.routes import S3RouteDestination
 from egress.destinations.s3 import (
     MIB,
     ROLE_CACHE_MAX_ENTRIES,
     AssumedRole,
+    RoleClients,
     S3Destination,
     S3Target,
     TransferConfig,
-    assume_role_s3,
 )
 from egress.errors import (
     ACCESS_DENIED,
@@ -45,10 +46,12 @@ from egress.errors import (
     StopRequested,
     translate_client_error,
 )
-from egress.sources import SourceObject
+from egress.ledger_table import DONE, UPLOADING, ObjectRecord
+from egress.routing import Route
+from egress.sources import OpenedObject, SourceObject
 
 REGION = "eu-west-2"
-SMALL = TransferConfig(part_size=5 * MIB, max_parts_in_flight=2, backoff_seconds=0.01, max_backoff_seconds=0.05)
+SMALL = TransferConfig(part_size=5 * MIB, max_parts_in_flight=2)
 ENVELOPE = {
     "datakeyencryptionkeyid": "arn:aws:kms:eu-west-2:123456789012:key/11111111-2222-3333-4444-555555555555",
     "ciphertext": "QUJDREVGR0g=",
@@ -141,11 +144,17 @@ def inject_errors(s3: Any, operation: str, *, code: str, status: int, when: Any)
 
 @pytest.fixture()
 def single_try_aws(moto_endpoint: str) -> AwsClients:
-    """Clients without botocore's own retries, so tenacity's attempts can be counted.
+    """Clients without botocore's retries: every request is made once.
 
     (botocore's ``retries.max_attempts`` counts retries, not calls: 0 means one call.)
     """
     return build_clients(AwsConfig(region=REGION, endpoint_url=moto_endpoint, max_attempts=0))
+
+
+@pytest.fixture()
+def three_tries_aws(moto_endpoint: str) -> AwsClients:
+    """Clients whose botocore retries (the only retry layer around one request) make three calls at most."""
+    return build_clients(AwsConfig(region=REGION, endpoint_url=moto_endpoint, max_attempts=2))
 
 
 # -- streamed uploads: content, checksums ---------------------------------------------------
@@ -423,8 +432,9 @@ def test_failed_part_fails_the_upload_permanently_and_aborts(single_try_aws: Aws
     assert calls.counts["UploadPart"] <= 5  # the producer stopped soon; it did not push all 8 parts
 
 
-def test_part_is_retried_with_backoff_then_succeeds(single_try_aws: AwsClients, bucket: str) -> None:
-    s3 = single_try_aws.s3
+def test_part_is_retried_with_backoff_then_succeeds(aws: AwsClients, bucket: str) -> None:
+    """botocore's standard retries (the clients' one config) retry the part; the upload succeeds."""
+    s3 = aws.s3
     failures = 0
 
     def twice(url: str) -> bool:
@@ -437,25 +447,24 @@ def test_part_is_retried_with_backoff_then_succeeds(single_try_aws: AwsClients, 
     failed = inject_errors(s3, "UploadPart", code="SlowDown", status=503, when=twice)
     delivered = S3Destination(s3, config=SMALL).upload(S3Target(bucket, "flaky"), generated(12 * MIB))
     assert len(failed) == 2
-    assert sha_of(single_try_aws, bucket, "flaky") == (delivered.sha256, 12 * MIB)
+    assert sha_of(aws, bucket, "flaky") == (delivered.sha256, 12 * MIB)
 
 
-def test_part_retries_are_bounded_then_retryable_and_aborted(single_try_aws: AwsClients, bucket: str) -> None:
-    s3 = single_try_aws.s3
+def test_part_retries_are_bounded_then_retryable_and_aborted(three_tries_aws: AwsClients, bucket: str) -> None:
+    s3 = three_tries_aws.s3
     failed = inject_errors(s3, "UploadPart", code="InternalError", status=500, when=lambda url: True)
-    config = TransferConfig(part_size=5 * MIB, max_parts_in_flight=1, attempts=3, backoff_seconds=0.01,
-                            max_backoff_seconds=0.05)
+    config = TransferConfig(part_size=5 * MIB, max_parts_in_flight=1)
     with pytest.raises(RetryableError) as caught:
         S3Destination(s3, config=config).upload(S3Target(bucket, "broken"), generated(11 * MIB))
     assert caught.value.reason == AWS_UNAVAILABLE
-    assert len(failed) == 3  # one part, three attempts, no more
-    assert_no_leftovers(single_try_aws, bucket, "broken")
+    assert len(failed) == 3  # one part, three attempts (botocore's), no more: no second layer multiplies them
+    assert_no_leftovers(three_tries_aws, bucket, "broken")
 
 
 def test_failing_abort_is_logged_and_does_not_mask_the_cause(
-    single_try_aws: AwsClients, aws: AwsClients, bucket: str
+    three_tries_aws: AwsClients, aws: AwsClients, bucket: str
 ) -> None:
-    s3 = single_try_aws.s3
+    s3 = three_tries_aws.s3
     aborts = inject_errors(s3, "AbortMultipartUpload", code="InternalError", status=500, when=lambda url: True)
 
     def failing() -> Iterator[bytes]:
@@ -464,7 +473,7 @@ def test_failing_abort_is_logged_and_does_not_mask_the_cause(
 
     with pytest.raises(ValueError, match="the cause"):
         S3Destination(s3, config=SMALL).upload(S3Target(bucket, "stuck"), failing())
-    assert len(aborts) == 3  # tried, then logged and swallowed
+    assert len(aborts) == 3  # tried (botocore's three attempts), then logged and swallowed
     uploads = aws.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [upload["Key"] for upload in uploads] == ["stuck"]  # left for the lifecycle rule
     for upload in uploads:  # tidy up with a client without the injected fault
@@ -546,8 +555,7 @@ def test_sse_kms_applies_to_put_multipart_and_copies(aws: AwsClients, bucket: st
 
 def test_cross_account_upload_through_an_assumed_role_with_acl(aws: AwsClients, bucket: str) -> None:
     role_arn = "arn:aws:iam::210987654321:role/egress-writer"
-    cache: dict[str, Any] = {}
-    client = assume_role_s3(aws, role_arn=role_arn, session_name="data egress/test", cache=cache)
+    client = RoleClients(aws, session_name="data egress/test").client_for(role_arn)
     tokens: list[bool] = []
     acls: list[str | None] = []
 
@@ -577,22 +585,25 @@ def test_role_credentials_are_cached_refreshed_before_expiry_and_bounded(aws: Aw
         "before-parameter-build.sts.AssumeRole", lambda params, **_: assumed.append(params["RoleArn"])
     )
     role_arn = "arn:aws:iam::210987654321:role/egress-writer"
-    cache: dict[str, Any] = {}
     now = time.time()
+    clock = [now]
+    roles = RoleClients(aws, session_name="s", clock=lambda: clock[0])
 
-    first = assume_role_s3(aws, role_arn=role_arn, session_name="s", cache=cache, clock=lambda: now)
-    again = assume_role_s3(aws, role_arn=role_arn, session_name="s", cache=cache, clock=lambda: now + 60)
+    first = roles.client_for(role_arn)
+    clock[0] = now + 60
+    again = roles.client_for(role_arn)
     assert again is first and len(assumed) == 1
-    entry = cache[role_arn]
+    entry = roles.cached(role_arn)
     assert isinstance(entry, AssumedRole) and entry.expires_at > now + 3000
     # Within five minutes of expiry the credentials are renewed.
-    later = entry.expires_at - 299
-    renewed = assume_role_s3(aws, role_arn=role_arn, session_name="s", cache=cache, clock=lambda: later)
+    clock[0] = entry.expires_at - 299
+    renewed = roles.client_for(role_arn)
     assert renewed is not first and len(assumed) == 2
 
+    clock[0] = time.time()
     for index in range(ROLE_CACHE_MAX_ENTRIES + 8):
-        assume_role_s3(aws, role_arn=f"arn:aws:iam::210987654321:role/r{index}", session_name="s", cache=cache)
-    assert len(cache) <= ROLE_CACHE_MAX_ENTRIES
+        roles.client_for(f"arn:aws:iam::210987654321:role/r{index}")
+    assert len(roles) <= ROLE_CACHE_MAX_ENTRIES
 
 
 def test_assume_role_access_denied_is_permanent() -> None:
@@ -680,6 +691,27 @@ def test_cancelled_multipart_copy_is_aborted(aws: AwsClients, bucket: str) -> No
     assert_no_leftovers(aws, bucket, "dst")
 
 
+@pytest.mark.parametrize("operation", ["upload", "copy"])
+def test_an_upload_id_that_cannot_be_recorded_aborts_the_upload(aws: AwsClients, bucket: str, operation: str) -> None:
+    """The id goes to the ledger the moment the upload exists; if that fails, nothing is left open."""
+    S3Destination(aws.s3, config=SMALL).upload(S3Target(bucket, "src"), generated(11 * MIB))
+    seen: list[str] = []
+
+    def refuse(upload_id: str) -> None:
+        seen.append(upload_id)
+        raise RuntimeError("ledger down")
+
+    config = TransferConfig(part_size=5 * MIB, copy_threshold=MIB, copy_part_size=5 * MIB)
+    destination = S3Destination(aws.s3, config=config)
+    with pytest.raises(RuntimeError, match="ledger down"):
+        if operation == "upload":
+            destination.upload(S3Target(bucket, "dst"), generated(12 * MIB), on_upload_started=refuse)
+        else:
+            destination.copy(SourceObject(bucket, "src", 11 * MIB), S3Target(bucket, "dst"), on_upload_started=refuse)
+    assert len(seen) == 1
+    assert_no_leftovers(aws, bucket, "dst")
+
+
 def test_copy_with_cancel_already_set_does_nothing(aws: AwsClients, bucket: str) -> None:
     calls = Calls(aws.s3)
     cancel = threading.Event()
@@ -700,9 +732,7 @@ def test_copy_with_cancel_already_set_does_nothing(aws: AwsClients, bucket: str)
         {"copy_threshold": -1},
         {"copy_threshold": 5 * 1024 * MIB + 1},
         {"copy_part_size": MIB},
-        {"attempts": 0},
         {"send_checksums": "yes"},
-        {"backoff_seconds": 0},
     ],
 )
 def test_transfer_config_is_validated(arguments: dict[str, Any]) -> None:
@@ -716,3 +746,66 @@ def test_transfer_config_states_its_worst_case_memory() -> None:
     assert config.worst_case_memory(chunk_size=MIB, concurrent_uploads=8) == 8 * 81 * MIB
     assert config.max_stream_size == 16 * MIB * 10_000
     assert "part_size × (max_parts_in_flight + 1)" in (TransferConfig.__doc__ or "")
+
+
+# -- the route's destination (what delivery asks of S3) -------------------------------------------
+class RecordingJournal:
+    """The delivery's side of :class:`ObjectJournal`, keeping the rows instead of writing them."""
+
+    def __init__(self) -> None:
+        self.now: list[tuple[str, Delivered | None, dict[str, Any]]] = []
+        self.later: list[tuple[str, Delivered, dict[str, Any]]] = []
+
+    def record_now(self, status: str, delivered: Delivered | None = None, **extra: Any) -> None:
+        self.now.append((status, delivered, extra))
+
+    def record_later(self, status: str, delivered: Delivered, **extra: Any) -> None:
+        self.later.append((status, delivered, extra))
+
+
+def s3_route(aws: AwsClients, bucket: str, *, taken_over: bool = False, **columns: Any) -> S3RouteDestination:
+    route = Route(source_prefix="in/", pipeline_name="p", transfer_type="S3", destination_bucket=bucket, **columns)
+    return S3RouteDestination(S3Destination(aws.s3, config=SMALL), RoleClients(aws), route=route, taken_over=taken_over)
+
+
+def test_s3_route_copies_only_what_nothing_changes(aws: AwsClients, bucket: str) -> None:
+    source = SourceObject(bucket, "in/a", 1)
+    assert s3_route(aws, bucket).copies(source) is True
+    for columns in ({"decrypt": True}, {"compress": True}, {"role_arn": "arn:aws:iam::210987654321:role/w"}):
+        assert s3_route(aws, bucket, **columns).copies(source) is False, columns
+
+
+def test_s3_route_records_the_upload_id_at_once_and_done_after(aws: AwsClients, bucket: str) -> None:
+    journal = RecordingJournal()
+    destination = s3_route(aws, bucket)
+    opened = OpenedObject(size=11 * MIB, metadata=ENVELOPE, content_type="application/x-enc", chunks=generated(11 * MIB))
+
+    delivered = destination.write("out/a", opened.chunks, opened=opened, cancel=threading.Event(), journal=journal)
+    assert journal.later == []
+    destination.record_delivered(delivered, journal=journal)
+
+    [(status, recorded, extra)] = journal.now
+    assert (status, recorded, extra["bucket"]) == (UPLOADING, None, bucket)
+    assert extra["mpu_id"]
+    assert journal.later == [(DONE, delivered, {})]
+    head = aws.s3.head_object(Bucket=bucket, Key="out/a")
+    assert head["Metadata"] == ENVELOPE  # undecrypted bytes keep their envelope
+    assert head["ContentType"] == "application/x-enc"
+
+
+def test_s3_route_resume_and_takeover_abort_the_lapsed_claims_uploads(aws: AwsClients, bucket: str) -> None:
+    recorded = aws.s3.create_multipart_upload(Bucket=bucket, Key="out/recorded")["UploadId"]
+    aws.s3.create_multipart_upload(Bucket=bucket, Key="out/unrecorded")  # the claim died before recording it
+    records = {
+        "out/done": ObjectRecord(name="out/done", status=DONE, size=3),
+        "out/recorded": ObjectRecord(name="out/recorded", status=UPLOADING, mpu_id=recorded, bucket=bucket),
+    }
+    destination = s3_route(aws, bucket, taken_over=True, compress=True)
+
+    done = destination.resume(records, reread=lambda name: None, cancel=threading.Event())
+
+    assert list(done) == ["out/done"]
+    uploads = aws.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [upload["Key"] for upload in uploads] == ["out/unrecorded"]
+    destination.prepare(SourceObject(bucket, "in/unrecorded", 1), "out/unrecorded")
+    assert aws.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

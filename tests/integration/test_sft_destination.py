@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from egress.destinations import Delivered
 from egress.destinations import sft as sft_module
+from egress.destinations.routes import SftRouteDestination
 from egress.destinations.sft import AGENT_SKIPPED_SUFFIXES, OwnerRegistry, SftDestination
 from egress.errors import (
     DISK_SHORT,
@@ -27,6 +28,8 @@ from egress.errors import (
     RetryableError,
     StopRequested,
 )
+from egress.ledger_table import SENDING, SENT, UNSENT_KEY, WRITTEN, ObjectRecord
+from egress.sources import OpenedObject, SourceObject
 
 
 @pytest.fixture()
@@ -264,9 +267,12 @@ def test_refused_paths(root: Path, relative: str, why: str) -> None:
 
 
 def test_refused_suffixes_are_the_ones_the_agent_skips() -> None:
-    from sft_agent.files import TEMP_SUFFIXES
+    from egress.kernel.tempnames import TEMP_SUFFIXES
+    from sft_agent import scanner
 
     assert tuple(AGENT_SKIPPED_SUFFIXES) == tuple(TEMP_SUFFIXES)
+    # The agent's scanner skips through that same list.
+    assert all(scanner.is_hidden_or_temp(f"data{suffix}") for suffix in AGENT_SKIPPED_SUFFIXES)
 
 
 def test_symlinked_folder_leading_out_is_refused(root: Path, tmp_path: Path) -> None:
@@ -445,3 +451,86 @@ def test_sweep_after_a_crash_mid_write(root: Path) -> None:
 
 def test_sweep_of_a_missing_root(tmp_path: Path) -> None:
     assert SftDestination(tmp_path / "missing").sweep_temp_files() == 0
+
+
+# -- the route's destination (what delivery asks of SFT) ------------------------------------------
+class RecordingJournal:
+    """The delivery's side of :class:`ObjectJournal`, keeping the rows instead of writing them."""
+
+    def __init__(self, watched: Path | None = None) -> None:
+        self.now: list[tuple[str, Delivered | None, dict[str, Any], bool]] = []
+        self.later: list[tuple[str, Delivered, dict[str, Any]]] = []
+        self._watched = watched
+
+    def record_now(self, status: str, delivered: Delivered | None = None, **extra: Any) -> None:
+        visible = self._watched is not None and self._watched.exists()
+        self.now.append((status, delivered, extra, visible))
+
+    def record_later(self, status: str, delivered: Delivered, **extra: Any) -> None:
+        self.later.append((status, delivered, extra))
+
+
+def sft_route(root: Path, *, taken_over: bool = False, grace: float = 0.2) -> SftRouteDestination:
+    return SftRouteDestination(SftDestination(root), folder="w", taken_over=taken_over, receipt_grace=grace)
+
+
+def test_sft_route_records_the_file_before_the_rename_and_nothing_after(root: Path) -> None:
+    journal = RecordingJournal(watched=root / "w" / "a.csv")
+    destination = sft_route(root)
+    source = SourceObject("src", "in/a.csv", 3)
+    assert destination.copies(source) is False
+    opened = OpenedObject(size=3, metadata={}, content_type=None, chunks=iter([b"abc"]))
+
+    delivered = destination.write("w/a.csv", opened.chunks, opened=opened, cancel=threading.Event(), journal=journal)
+    destination.record_delivered(delivered, journal=journal)
+
+    [(status, recorded, extra, visible)] = journal.now
+    assert (status, recorded, visible) == (WRITTEN, delivered, False)
+    assert extra["sft_path"] == "w/a.csv" and extra["unsent"] == UNSENT_KEY
+    assert extra["temp_name"].startswith(".a.csv.") and extra["temp_name"].endswith(".part")
+    assert journal.later == []  # the row was written before the file became visible
+    manifest = destination.write_manifest("w/manifest.json", b"{}", journal=journal)
+    assert journal.now[-1][0] == WRITTEN and journal.now[-1][1] == manifest
+    assert (root / "w" / "manifest.json").read_bytes() == b"{}"
+
+
+def test_sft_route_resume_finishes_renames_and_waits_for_receipts(root: Path) -> None:
+    (root / "w").mkdir()
+    (root / "w" / "on-volume.csv").write_bytes(b"1")
+    (root / "w" / ".renamed.csv.c3c3c3c3-0123456789ab.part").write_bytes(b"2")
+    records = {
+        name: ObjectRecord(name=name, status=status, temp_name=temp)
+        for name, status, temp in [
+            ("w/on-volume.csv", WRITTEN, None),
+            ("w/renamed.csv", WRITTEN, ".renamed.csv.c3c3c3c3-0123456789ab.part"),
+            ("w/claimed.csv", WRITTEN, None),  # gone from the volume: the agent has it
+            ("w/lost.csv", WRITTEN, None),  # gone, and no receipt
+            ("w/sent.csv", SENT, None),
+            ("w/other.csv", "uploading", None),  # not a state of an SFT file
+        ]
+    }
+    receipts = {"w/claimed.csv": ObjectRecord(name="w/claimed.csv", status=SENDING)}
+    started = time.monotonic()
+
+    done = sft_route(root, grace=0.3).resume(records, reread=receipts.get, cancel=threading.Event())
+
+    assert time.monotonic() - started >= 0.3  # the grace was waited for the two missing files
+    assert sorted(done) == ["w/claimed.csv", "w/on-volume.csv", "w/renamed.csv", "w/sent.csv"]
+    assert done["w/claimed.csv"].status == SENDING
+    assert (root / "w" / "renamed.csv").read_bytes() == b"2"
+
+
+def test_sft_route_takeover_sweeps_the_lapsed_claims_temp_files(root: Path) -> None:
+    (root / "w").mkdir()
+    leftover = root / "w" / ".x.csv.d0d0d0d0-0123456789ab.part"  # its owner holds no lock: gone
+    leftover.write_bytes(b"x")
+    assert sft_route(root).resume({}, reread=lambda name: None, cancel=threading.Event()) == {}
+    assert leftover.exists()  # not a takeover: nothing is swept
+    assert sft_route(root, taken_over=True).resume({}, reread=lambda name: None, cancel=threading.Event()) == {}
+    assert not leftover.exists()
+
+
+def test_sft_route_prepare_checks_free_space(root: Path) -> None:
+    with pytest.raises(RetryableError) as caught:
+        sft_route(root).prepare(SourceObject("src", "in/huge", 1 << 62), "w/huge")
+    assert caught.value.reason == DISK_SHORT
