@@ -89,7 +89,7 @@ class Bench:
         self.sqs = session.client("sqs", endpoint_url=self.endpoint, config=config)
         self.ddb = session.client("dynamodb", endpoint_url=self.endpoint, config=config)
         self.kms = session.client("kms", endpoint_url=self.endpoint, config=config)
-        from egress.ledger import create_ledger_table
+        from egress.ledger_table import create_ledger_table
         from egress.routing import create_routes_table
 
         for bucket in ("src", "dst"):

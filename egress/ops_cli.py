@@ -17,7 +17,8 @@ from egress.errors import EgressError, translate_client_error
 from egress.kernel.durations import parse_duration
 from egress.kernel.s3uri import parse_s3_uri
 from egress.kernel.timefmt import parse_iso8601
-from egress.ledger import DELIVERED, DONE, PARKED, RECEIVED, RETRY, SENDING, SENT, UPLOADING, Ledger
+from egress.ledger import Ledger
+from egress.ledger_table import DELIVERED, DONE, PARKED, RECEIVED, RETRY, SENDING, SENT, UPLOADING
 from egress.queue import FlagQueue
 
 

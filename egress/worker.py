@@ -38,7 +38,8 @@ from egress.errors import (
     StopRequested,
     translate_client_error,
 )
-from egress.ledger import DeliveryKey, LeaseHeld, Ledger, LedgerSchemaError, check_ledger_schema
+from egress.ledger import DeliveryKey, LeaseHeld, Ledger
+from egress.ledger_table import LedgerSchemaError, check_ledger_schema
 from egress.messages import FlagEvent, Ignored, MalformedMessage, parse_body
 from egress.queue import FlagQueue, Message, ReceiptGone
 from egress.routing import RouteTable

@@ -31,7 +31,7 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from egress.ledger import (
+from egress.ledger_table import (
     PARKED,
     RETRY,
     SENDING,
@@ -47,7 +47,7 @@ from sft_agent.settings import LedgerSettings
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-# The table's names and states are the worker's (one definition: egress.ledger).
+# The table's names and states are the worker's (one definition: egress.ledger_table).
 NOT_FINAL = frozenset({WRITTEN, SENDING, RETRY})
 
 _QUEUE_SIZE = 10_000

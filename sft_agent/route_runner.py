@@ -15,7 +15,6 @@ each file's fate is recorded on the worker's object rows (:mod:`sft_agent.ledger
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import random
@@ -27,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from egress.kernel.fsutil import write_atomically
 from sft_agent import errors
 from sft_agent.actions import RouteActions
 from sft_agent.claims import ClaimedFile, ClaimFolder
 from sft_agent.digests import Prehasher, sha256_base64
-from sft_agent.error_folder import count_error_files, error_report, report_path_for
+from sft_agent.error_folder import ErrorFolder, error_report
 from sft_agent.errors import AbortRequested, DeliveryError
 from sft_agent.files import free_name, move
 from sft_agent.ledger import FileKey, LedgerRecorder
@@ -106,8 +104,7 @@ class RouteRunner:
         self._swept_at = time.monotonic()
         self._taken_over_at = time.monotonic()
         self._status_logged_at: float | None = None
-        # Error reports that could not be written (disk full): path → (parked file, content).
-        self._pending_reports: dict[Path, tuple[Path, bytes]] = {}
+        self.errors = ErrorFolder(route.error_folder, log=self.log)
         self._status: dict[str, float | int | None] = {
             "backlog": 0,
             "oldest_file_age_seconds": 0,
@@ -244,20 +241,7 @@ class RouteRunner:
                 self._release(name, path, log=self.log.bind(file=name), why="swept")
             finally:
                 self._let_go(name)
-        with self._lock:
-            pending = list(self._pending_reports.items())
-        for report, (parked, data) in pending:
-            if not parked.exists():
-                with self._lock:
-                    self._pending_reports.pop(report, None)
-                continue
-            try:
-                write_atomically(report, data)
-            except OSError:
-                continue
-            with self._lock:
-                self._pending_reports.pop(report, None)
-            self.log.info("error_report_written", file=parked.name, path=str(report), late=True)
+        self.errors.flush()
 
     def take_over(self, *, at_start: bool) -> None:
         """Put back the files of agents that are gone (their lock is free) and remove their folders."""
@@ -319,7 +303,7 @@ class RouteRunner:
         if not force and time.monotonic() - self._errors_counted_at < _ERROR_COUNT_EVERY:
             return
         self._errors_counted_at = time.monotonic()
-        count = count_error_files(self.route.error_folder)
+        count = self.errors.count()
         self.metrics.error_files.labels(route=self.route.name).set(count)
         self._status["error_files"] = count
 
@@ -564,39 +548,12 @@ class RouteRunner:
     def _park_path(self, name: str, path: Path, exc: DeliveryError, *, state: FileState | None) -> None:
         """Move a file to the error folder, its reason in ``<name>.error.json`` beside it.
 
-        The file moves even if the report cannot be written (disk full): the report is
-        kept in memory and written by the sweep once there is room.
+        The file moves even if the report cannot be written (disk full): the sweep writes
+        the report once there is room (:class:`~sft_agent.error_folder.ErrorFolder`).
         """
-        folder, _, base = name.rpartition("/")
-        destination = free_name(self.route.error_folder / folder, base)
-        destination.parent.mkdir(parents=True, exist_ok=True)
         report = error_report(name, route=self.route, exc=exc, state=state, failed_at=self.clock())
         key = self._ledger_key(name, state, path=path)
-        report_path = report_path_for(destination)
-        data = (json.dumps(report, indent=2) + "\n").encode()
-        try:
-            write_atomically(report_path, data)
-            written = True
-        except OSError as error:
-            written = False
-            with self._lock:
-                self._pending_reports[report_path] = (destination, data)
-            self.log.error(
-                "error_report_failed",
-                file=name,
-                path=str(report_path),
-                error=error.strerror or str(error),
-                detail="the file is parked all the same; the report is written once there is room",
-            )
-        try:
-            move(path, destination)
-        except BaseException:
-            if written:
-                with contextlib.suppress(OSError):
-                    report_path.unlink()
-            with self._lock:
-                self._pending_reports.pop(report_path, None)
-            raise
+        destination = self.errors.park(name, path, report)
         self.claims.prune(path.parent)
         with contextlib.suppress(OSError):
             self.states.drop(name)

@@ -20,7 +20,7 @@ from egress.aws import AwsClients
 from egress.devstack.errors import LocalSetupError, describe
 from egress.errors import EgressError, PermanentError, error_code
 from egress.kernel.fsutil import write_atomically
-from egress.ledger import create_ledger_table
+from egress.ledger_table import create_ledger_table
 from egress.routes_apply import RoutesFileRefused, plan_routes_file, read_yaml_file
 from egress.routing import create_routes_table
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from egress.aws import AwsClients
-from egress.ledger import create_ledger_table
+from egress.ledger_table import create_ledger_table
 from egress.routing import create_routes_table
 from tests.conftest import REGION, free_port
 

@@ -8,18 +8,8 @@ import pytest
 
 from egress.aws import AwsClients
 from egress.errors import Reason, RetryableError
-from egress.ledger import (
-    DONE,
-    UPLOADING,
-    WRITTEN,
-    Claim,
-    DeliveryKey,
-    LeaseHeld,
-    Ledger,
-    LedgerSchemaError,
-    ProgressLog,
-    create_ledger_table,
-)
+from egress.ledger import Claim, DeliveryKey, LeaseHeld, Ledger, ProgressLog
+from egress.ledger_table import DONE, UPLOADING, WRITTEN, LedgerSchemaError, create_ledger_table
 
 KEY = DeliveryKey("src", "exports/x/pipeline_success.flag", "seq:1", "exports/x/", "X")
 

@@ -17,7 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from sft_helpers import AgentProc, ReceiverProc, drop, route, wait_for
 
 from egress.aws import AwsClients
-from egress.ledger import create_ledger_table
+from egress.ledger_table import create_ledger_table
 from tests.support.ports import free_port
 
 _serialize = TypeSerializer().serialize
