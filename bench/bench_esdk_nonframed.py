@@ -134,7 +134,7 @@ def main() -> int:
                 started = time.monotonic()
                 bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
                 try:
-                    (line,) = bench.wait_line(log, "route delivered", 1, timeout=args.timeout)
+                    (line,) = bench.wait_line(log, "route_delivered", 1, timeout=args.timeout)
                 except TimeoutError:
                     # (a worker that reads the body whole: say how far it got, then stop)
                     rss = peak_rss_mib(worker.pid)
@@ -180,7 +180,7 @@ def main() -> int:
             started = time.monotonic()
             bench.s3.put_object(Bucket="src", Key="tampered/" + FLAG, Body=b"")
             try:
-                bench.wait_line(log, "message done", 1, timeout=args.timeout)
+                bench.wait_line(log, "message_done", 1, timeout=args.timeout)
                 raise AssertionError("the tampered message was delivered")
             except RuntimeError as failed:
                 tampered_text = str(failed)

@@ -51,7 +51,7 @@ def measure(bench: Bench, count: int) -> tuple[float, float]:
     worker, log, _ = bench.start_worker()
     started = time.monotonic()
     bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
-    (line,) = bench.wait_line(log, "route delivered", 1, timeout=3600)
+    (line,) = bench.wait_line(log, "route_delivered", 1, timeout=3600)
     seconds = time.monotonic() - started
     rss = peak_rss_mib(worker.pid)
     worker.send_signal(signal.SIGTERM)

@@ -176,7 +176,7 @@ class Bench:
             failed = [
                 line
                 for line in lines
-                if line.get("event") in {"message dead-lettered", "message will be retried"}
+                if line.get("event") in {"message_dead_lettered", "message_retry_scheduled"}
             ]
             if failed:
                 raise RuntimeError(f"delivery failed: {failed[-1]}")
@@ -289,7 +289,7 @@ def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
         worker, log, _ = bench.start_worker()
         started = time.monotonic()
         bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
-        (line,) = bench.wait_line(log, "route delivered", 1)
+        (line,) = bench.wait_line(log, "route_delivered", 1)
         wall = time.monotonic() - started
         rss = peak_rss_mib(worker.pid)
         worker.send_signal(signal.SIGTERM)
@@ -356,7 +356,7 @@ def bench_many(bench: Bench, count: int, *, rounds: int = 3) -> None:
         started = time.monotonic()
         # Each round is a new upload of the flag: a new delivery, recorded object by object.
         bench.s3.put_object(Bucket="src", Key="many/" + FLAG, Body=b"")
-        (line,) = bench.wait_line(log, "route delivered", 1)
+        (line,) = bench.wait_line(log, "route_delivered", 1)
         wall = time.monotonic() - started
         rss = peak_rss_mib(worker.pid)
         worker.send_signal(signal.SIGTERM)

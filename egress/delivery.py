@@ -36,7 +36,7 @@ from egress.destinations import Delivered, Destination
 from egress.destinations.routes import Destinations
 from egress.destinations.s3 import RoleClients, S3Destination, TransferConfig
 from egress.destinations.sft import SftDestination
-from egress.errors import LEASE_LOST, EgressError, RetryableError, StopRequested
+from egress.errors import EgressError, Reason, RetryableError, StopRequested
 from egress.ledger import Claim, DeliveryKey, Lease, Ledger, ProgressLog
 from egress.ledger_table import ObjectRecord
 from egress.messages import FlagEvent
@@ -195,7 +195,7 @@ class _Journal:
 
 
 def _worth_retrying(exc: BaseException) -> bool:
-    return isinstance(exc, RetryableError) and exc.reason != LEASE_LOST
+    return isinstance(exc, RetryableError) and exc.reason != Reason.LEASE_LOST
 
 
 def _sleep_unless_cancelled(cancel: threading.Event) -> Callable[[float], None]:
@@ -285,7 +285,7 @@ class RouteDelivery:
         )
         labels = run.labels
         if lease.claim is Claim.ALREADY_DELIVERED:
-            log.info("route already delivered", **labels)
+            log.info("route_already_delivered", **labels)
             metrics.DELIVERIES.labels(**labels, outcome="duplicate").inc()
             return RouteResult(match=match, skipped=True)
         if on_lease is not None:
@@ -307,7 +307,7 @@ class RouteDelivery:
             metrics.DELIVERY_SECONDS.labels(transfer_type=route.transfer_type, outcome=outcome).observe(
                 self._clock() - started
             )
-            if reason != LEASE_LOST:
+            if reason != Reason.LEASE_LOST:
                 self._release(run, reason=reason)
             raise
         finally:
@@ -320,7 +320,7 @@ class RouteDelivery:
             elapsed
         )
         log.info(
-            "route delivered",
+            "route_delivered",
             objects=progress.objects,
             bytes=progress.size,
             skipped=progress.skipped,
@@ -334,11 +334,11 @@ class RouteDelivery:
         try:
             run.checkpoint.flush()
         except EgressError as exc:
-            log.warning("could not record the last progress", reason=exc.reason)
+            log.warning("final_progress_not_recorded", reason=exc.reason)
         try:
             self._ledger.fail(run.key, reason=reason)
         except EgressError as ledger_exc:
-            log.warning("could not release ledger row", reason=ledger_exc.reason)
+            log.warning("ledger_release_failed", reason=ledger_exc.reason)
 
     def _plan(self, event: FlagEvent, match: RouteMatch) -> Callable[[], Iterator[DeliveryItem]]:
         """Check every name before any byte moves; returns how to walk the objects to deliver.
@@ -354,7 +354,7 @@ class RouteDelivery:
             return lambda: iter(items)
         count = check_names(match, chain(head, listing), event_time=event.event_time)
         del head
-        log.info("large folder: names checked, listing again to deliver", objects=count)
+        log.info("large_folder_names_checked", objects=count)
         return lambda: name_items(match, self._list(event, match), event_time=event.event_time)
 
     def _list(self, event: FlagEvent, match: RouteMatch) -> Iterator[SourceObject]:
@@ -370,12 +370,12 @@ class RouteDelivery:
         records = self._ledger.objects(run.key)
         if lease.taken_over:
             metrics.TAKEOVERS.inc()
-            log.warning("taking over a lapsed claim", previous_claim=lease.taken_over, recorded=len(records))
+            log.warning("lapsed_claim_taken_over", previous_claim=lease.taken_over, recorded=len(records))
         done = run.destination.resume(
             records, reread=lambda name: self._ledger.object_row(run.key, name), cancel=run.cancel
         )
         if done:
-            log.info("resuming a delivery", done=len(done))
+            log.info("delivery_resumed", done=len(done))
         return done
 
     # -- moving objects --------------------------------------------------------------------
@@ -426,7 +426,7 @@ class RouteDelivery:
                 if failure is None:
                     failure = exc
                 elif not cancel_local:
-                    log.warning("another object failed", error=str(exc)[:200])
+                    log.warning("sibling_object_failed", error=str(exc)[:200])
         if failure is not None:
             raise failure
 

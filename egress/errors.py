@@ -35,31 +35,6 @@ __all__ = [
     "translate_client_error",
 ]
 
-# aliases: callers move to Reason.X in the lead's sweep
-MALFORMED_BODY: Final = Reason.MALFORMED_BODY
-NO_ROUTE: Final = Reason.NO_ROUTE
-INVALID_ROUTE: Final = Reason.INVALID_ROUTE
-ACCESS_DENIED: Final = Reason.ACCESS_DENIED
-UNKNOWN_ENCRYPTION: Final = Reason.UNKNOWN_ENCRYPTION
-AUTHENTICATION_FAILED: Final = Reason.AUTHENTICATION_FAILED
-KEY_NOT_ALLOWED: Final = Reason.KEY_NOT_ALLOWED
-UNSAFE_KEY: Final = Reason.UNSAFE_KEY
-SOURCE_MISSING: Final = Reason.SOURCE_MISSING
-DESTINATION_MISSING: Final = Reason.DESTINATION_MISSING
-AWS_REJECTED: Final = Reason.AWS_REJECTED
-INTEGRITY: Final = Reason.INTEGRITY_MISMATCH
-NAME_COLLISION: Final = Reason.NAME_COLLISION
-OBJECT_TOO_LARGE: Final = Reason.OBJECT_TOO_LARGE
-THROTTLED: Final = Reason.THROTTLED
-AWS_UNAVAILABLE: Final = Reason.AWS_UNAVAILABLE
-KMS_UNAVAILABLE: Final = Reason.KMS_UNAVAILABLE
-DISK_SHORT: Final = Reason.DISK_SHORT
-IN_PROGRESS_ELSEWHERE: Final = Reason.IN_PROGRESS_ELSEWHERE
-LEASE_LOST: Final = Reason.LEASE_LOST
-TRANSIENT: Final = Reason.TRANSIENT
-CREDENTIALS_EXPIRED: Final = Reason.CREDENTIALS_EXPIRED
-REQUEST_TIMEOUT: Final = Reason.REQUEST_TIMEOUT
-
 
 class RetryableError(EgressError):
     """A failure that may pass if the same work is tried again later."""

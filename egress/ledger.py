@@ -503,7 +503,7 @@ class ProgressLog:
         try:
             self.flush()
         except EgressError as exc:
-            log.warning("could not record progress", reason=exc.reason, detail=exc.detail)
+            log.warning("progress_not_recorded", reason=exc.reason, detail=exc.detail)
             self._error = exc
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from egress.errors import NAME_COLLISION, UNSAFE_KEY, PermanentError
+from egress.errors import PermanentError, Reason
 from egress.names import s3_key_problem, sft_path_problem
 from egress.routing import RouteMatch, folder_problems
 from egress.sources import SourceObject
@@ -43,7 +43,7 @@ def relative_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
     """The object's name below the destination prefix."""
     if not key.startswith(match.resolved_source_prefix):
         raise PermanentError(
-            UNSAFE_KEY, f"{key!r} is not under the route's prefix {match.resolved_source_prefix!r}"
+            Reason.UNSAFE_KEY, f"{key!r} is not under the route's prefix {match.resolved_source_prefix!r}"
         )
     route = match.route
     name = key[len(match.resolved_source_prefix) :]
@@ -88,7 +88,7 @@ def _under_destination(match: RouteMatch, name: str, *, source_key: str) -> str:
         full = prefix + name
         problem = s3_key_problem(full)
     if problem is not None:
-        raise PermanentError(UNSAFE_KEY, f"{source_key!r} would be delivered as {full!r}: {problem}")
+        raise PermanentError(Reason.UNSAFE_KEY, f"{source_key!r} would be delivered as {full!r}: {problem}")
     return full
 
 
@@ -100,7 +100,7 @@ def check_relative_key(relative: str) -> None:
     if relative.endswith(".part"):
         problems.append(f"object key {relative!r} ends in .part, a name the agent treats as temporary")
     if problems:
-        raise PermanentError(UNSAFE_KEY, "; ".join(dict.fromkeys(problems)))
+        raise PermanentError(Reason.UNSAFE_KEY, "; ".join(dict.fromkeys(problems)))
 
 
 def plan_route(
@@ -112,7 +112,7 @@ def plan_route(
         name = destination_name(match, obj.key, event_time=event_time)
         if name in seen:
             raise PermanentError(
-                NAME_COLLISION, f"{seen[name]!r} and {obj.key!r} would both be delivered as {name!r}"
+                Reason.NAME_COLLISION, f"{seen[name]!r} and {obj.key!r} would both be delivered as {name!r}"
             )
         seen[name] = obj.key
         yield DeliveryItem(source=obj, destination_name=name)
@@ -123,7 +123,9 @@ def name_items(
 ) -> Iterator[DeliveryItem]:
     """Map listed objects to destination names lazily, keeping nothing (names checked already)."""
     for obj in objects:
-        yield DeliveryItem(source=obj, destination_name=destination_name(match, obj.key, event_time=event_time))
+        yield DeliveryItem(
+            source=obj, destination_name=destination_name(match, obj.key, event_time=event_time)
+        )
 
 
 def check_names(match: RouteMatch, objects: Iterable[SourceObject], *, event_time: datetime) -> int:
@@ -145,7 +147,8 @@ def check_names(match: RouteMatch, objects: Iterable[SourceObject], *, event_tim
         )
         if digest in seen:
             raise PermanentError(
-                NAME_COLLISION, f"{obj.key!r} would be delivered as {name!r}, the name of another object"
+                Reason.NAME_COLLISION,
+                f"{obj.key!r} would be delivered as {name!r}, the name of another object",
             )
         seen.add(digest)
         count += 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from egress.errors import NO_ROUTE, PermanentError, error_code, translate_client_error
+from egress.errors import PermanentError, Reason, error_code, translate_client_error
 from egress.kernel.placeholders import PLACEHOLDERS, resolve_placeholders
 from egress.messages import FlagEvent
 
@@ -300,7 +300,7 @@ class RouteTable:
                 detail += f"; {len(other_buckets)} bucket(s) have rows for this prefix: {', '.join(sorted(other_buckets))}"
             if disabled:
                 detail += f"; {disabled} matching row(s) are disabled"
-            raise PermanentError(NO_ROUTE, detail)
+            raise PermanentError(Reason.NO_ROUTE, detail)
         matches.sort(key=lambda m: (m.route.source_prefix, m.route.pipeline_name))
         return matches
 

@@ -133,7 +133,7 @@ class Worker:
                 if handled == 0:
                     self.request_stop(reason=name)
                 else:
-                    log.warning("second signal: aborting in-flight work", signal=name)
+                    log.warning("second_signal_aborting", signal=name)
                     self._abort_all()
                 handled += 1
 
@@ -147,7 +147,7 @@ class Worker:
     def request_stop(self, *, reason: str) -> None:
         """First stage: stop receiving; abort what is left when the grace period ends."""
         log.info(
-            "stop requested",
+            "stop_requested",
             reason=reason,
             grace_seconds=self.settings.shutdown_grace_seconds,
             in_flight=len(self._inflight),
@@ -159,7 +159,7 @@ class Worker:
 
     def _grace_over(self) -> None:
         if self._inflight:
-            log.warning("grace period over: releasing unfinished work", in_flight=len(self._inflight))
+            log.warning("grace_period_over", in_flight=len(self._inflight))
         self._abort_all()
 
     # -- the loop -----------------------------------------------------------------------
@@ -169,10 +169,10 @@ class Worker:
             self._sft.owners.hold()
             swept = self._sft.sweep_temp_files(legacy_older_than=float(self.settings.ledger_lease))
             if swept:
-                log.info("removed temp files of writers that are gone", count=swept)
+                log.info("dead_writers_temp_files_removed", count=swept)
         except OSError as exc:
             # S3 routes still work; SFT routes will fail with the file system's own error.
-            log.warning("the SFT root is not usable", path=str(self._sft.root), error=str(exc))
+            log.warning("sft_root_unusable", path=str(self._sft.root), error=str(exc))
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
         self._started = True
@@ -180,7 +180,7 @@ class Worker:
         heartbeat.start()
         watcher.start()
         log.info(
-            "worker started",
+            "worker_started",
             queue=self.settings.queue_url,
             concurrency=self.settings.concurrency,
             memory_budget_mb=self.settings.memory_budget_mb,
@@ -200,11 +200,11 @@ class Worker:
                         visibility_timeout=self.settings.visibility_timeout_seconds,
                     )
                 except RetryableError as exc:
-                    log.warning("receive failed; backing off", reason=exc.reason, detail=exc.detail)
+                    log.warning("receive_failed", reason=exc.reason, detail=exc.detail)
                     self.stop_requested.wait(min(20.0, 1.0 + random.random() * 4))  # noqa: S311
                     continue
                 except PermanentError as exc:
-                    log.error("cannot receive from the queue", reason=exc.reason, detail=exc.detail)
+                    log.error("queue_unreachable", reason=exc.reason, detail=exc.detail)
                     self.stop_requested.wait(30.0)
                     continue
                 for message in messages:
@@ -220,7 +220,7 @@ class Worker:
                 self._deadline_timer.cancel()
             self._stopped.set()
             self._sft.owners.release()
-            log.info("worker stopped")
+            log.info("worker_stopped")
         return 0
 
     def _wait_for_a_slot(self) -> None:
@@ -256,7 +256,7 @@ class Worker:
         try:
             self._handle_message(entry)
         except BaseException as exc:  # noqa: BLE001 - one message never kills the worker
-            log.exception("unexpected error handling message", error=type(exc).__name__)
+            log.exception("message_unexpected_error", error=type(exc).__name__)
             metrics.FAILURES.labels(kind="retryable", reason=Reason.INTERNAL_ERROR).inc()
             self._retry_later(message, reason=Reason.INTERNAL_ERROR, detail=f"{type(exc).__name__}: {exc}")
         finally:
@@ -267,7 +267,7 @@ class Worker:
 
     def _handle_message(self, entry: _InFlight) -> None:
         message = entry.message
-        log.info("message received", receive_count=message.receive_count, body_hint=message.body[:300])
+        log.info("message_received", receive_count=message.receive_count, body_hint=message.body[:300])
         if message.sent_timestamp_ms:
             metrics.MESSAGE_AGE.observe(max(0.0, time.time() - message.sent_timestamp_ms / 1000))
         try:
@@ -276,7 +276,7 @@ class Worker:
             self._dead_letter(message, PermanentError(Reason.MALFORMED_BODY, str(exc)))
             return
         if isinstance(parsed, Ignored):
-            log.info("message ignored", why=parsed.why)
+            log.info("message_ignored", why=parsed.why)
             self._queue.delete(message)
             metrics.MESSAGES.labels(outcome="ignored").inc()
             return
@@ -315,7 +315,7 @@ class Worker:
         else:
             self._queue.delete(message)
             metrics.MESSAGES.labels(outcome="delivered").inc()
-            log.info("message done", routes_delivered=delivered)
+            log.info("message_done", routes_delivered=delivered)
 
     def _deliver_event(
         self,
@@ -341,7 +341,7 @@ class Worker:
                         f"route ({route.source_prefix!r}, {route.pipeline_name!r}) is invalid: {problems}",
                     )
                 )
-                log.error("invalid route", problems=list(match.problems))
+                log.error("route_invalid", problems=list(match.problems))
                 continue
 
             def on_lease(key: DeliveryKey) -> None:
@@ -354,14 +354,14 @@ class Worker:
                 )
                 delivered += 0 if result.skipped else 1
             except LeaseHeld as exc:
-                log.info("route held by another worker", detail=exc.detail)
+                log.info("route_held_elsewhere", detail=exc.detail)
                 retryable.append(exc)
             except RetryableError as exc:
-                log.warning("route failed, will retry", reason=exc.reason, detail=exc.detail)
+                log.warning("route_failed_retrying", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="retryable", reason=exc.reason).inc()
                 retryable.append(exc)
             except PermanentError as exc:
-                log.error("route failed permanently", reason=exc.reason, detail=exc.detail)
+                log.error("route_failed_permanently", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="permanent", reason=exc.reason).inc()
                 permanent.append(exc)
             finally:
@@ -386,7 +386,7 @@ class Worker:
 
     # -- fates --------------------------------------------------------------------------
     def _dead_letter(self, message: Message, error: EgressError) -> None:
-        log.error("message dead-lettered", reason=error.reason, detail=error.detail)
+        log.error("message_dead_lettered", reason=error.reason, detail=error.detail)
         self._queue.dead_letter(message, reason=error.reason, detail=error.detail)
         metrics.DLQ_MOVES.labels(reason=error.reason).inc()
         metrics.MESSAGES.labels(outcome="dead_lettered").inc()
@@ -396,7 +396,7 @@ class Worker:
         delay = min(self.settings.backoff_max_seconds, base * 2 ** max(0, message.receive_count - 1))
         delay = int(delay * (0.8 + 0.4 * random.random()))  # noqa: S311 - jitter, not crypto
         log.warning(
-            "message will be retried",
+            "message_retry_scheduled",
             reason=reason,
             detail=detail,
             receive_count=message.receive_count,
@@ -405,7 +405,7 @@ class Worker:
         try:
             self._queue.set_visibility(message, delay)
         except (ReceiptGone, EgressError) as exc:
-            log.warning("could not set the retry delay", error=str(exc)[:200])
+            log.warning("retry_delay_failed", error=str(exc)[:200])
         metrics.MESSAGES.labels(outcome="retry").inc()
 
     def _requeue(self, message: Message, *, delay: float) -> None:
@@ -416,19 +416,19 @@ class Worker:
         try:
             self._queue.requeue(message, delay_seconds=seconds)
         except (ReceiptGone, EgressError) as exc:
-            log.warning("could not requeue; retrying later instead", error=str(exc)[:200])
+            log.warning("requeue_failed", error=str(exc)[:200])
             self._retry_later(message, reason=Reason.IN_PROGRESS_ELSEWHERE, detail=str(exc)[:200])
             return
-        log.info("held by another worker: message requeued", visible_in_seconds=seconds)
+        log.info("message_requeued", visible_in_seconds=seconds)
         metrics.REQUEUES.inc()
         metrics.MESSAGES.labels(outcome="requeued").inc()
 
     def _release(self, message: Message, *, why: str) -> None:
         try:
             self._queue.set_visibility(message, 0)
-            log.info("message released", why=why)
+            log.info("message_released", why=why)
         except (ReceiptGone, EgressError) as exc:
-            log.warning("could not release message", error=str(exc)[:200])
+            log.warning("message_release_failed", error=str(exc)[:200])
         metrics.MESSAGES.labels(outcome="released").inc()
 
     # -- heartbeat ----------------------------------------------------------------------
@@ -448,23 +448,23 @@ class Worker:
                     except RetryableError as exc:
                         if exc.reason == Reason.LEASE_LOST:
                             log.warning(
-                                "lease lost: another worker took the delivery over",
+                                "lease_lost",
                                 message_id=entry.message.message_id,
                                 pipeline=key.pipeline_name,
                             )
                             entry.lease_lost = True
                             entry.cancel.set()
                         else:
-                            log.warning("lease not renewed", reason=exc.reason)
+                            log.warning("lease_not_renewed", reason=exc.reason)
                     except EgressError as exc:
-                        log.warning("lease not renewed", reason=exc.reason)
+                        log.warning("lease_not_renewed", reason=exc.reason)
                 try:
                     self._queue.set_visibility(entry.message, self.settings.visibility_timeout_seconds)
                     metrics.HEARTBEATS.inc()
                 except ReceiptGone:
-                    log.warning("message receipt no longer valid", message_id=entry.message.message_id)
+                    log.warning("message_receipt_invalid", message_id=entry.message.message_id)
                 except EgressError as exc:
-                    log.warning("heartbeat failed", message_id=entry.message.message_id, reason=exc.reason)
+                    log.warning("heartbeat_failed", message_id=entry.message.message_id, reason=exc.reason)
 
 
 def worker_id() -> str:
@@ -484,13 +484,11 @@ def run_worker(settings: WorkerSettings) -> int:
     try:
         check_ledger_schema(aws.dynamodb, settings.ledger_table)
     except LedgerSchemaError as exc:
-        log.error("cannot start", detail=str(exc))
+        log.error("cannot_start", detail=str(exc))
         return 2
     except (ClientError, BotoCoreError) as exc:
         # Not fatal here: the first claim reports a missing table or missing rights per message.
-        log.warning(
-            "could not check the ledger table", error=str(translate_client_error(exc, doing="describing it"))
-        )
+        log.warning("ledger_check_failed", error=str(translate_client_error(exc, doing="describing it")))
     queue = FlagQueue.discover(aws.sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url)
     worker = Worker(
         settings,

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 import structlog
 
 from egress.kernel.placeholders import resolve_placeholders
-from sft_agent import errors
 from sft_agent.claims import ClaimedFile
 from sft_agent.digests import sha256_base64
-from sft_agent.errors import DeliveryError
+from sft_agent.errors import DeliveryError, Reason
 from sft_agent.files import copy_atomically
 from sft_agent.metrics import AgentMetrics
 from sft_agent.push import HttpPusher
@@ -50,10 +49,10 @@ def apply_rename(action: RenameAction, name: str, *, when: datetime) -> str:
     try:
         renamed = action.pattern.sub(replacement, base)
     except re.error as exc:
-        raise DeliveryError(errors.INVALID_NAME, f"rename of {base!r} failed: {exc}", permanent=True) from exc
+        raise DeliveryError(Reason.INVALID_NAME, f"rename of {base!r} failed: {exc}", permanent=True) from exc
     if not is_safe_name(renamed):
         raise DeliveryError(
-            errors.INVALID_NAME,
+            Reason.INVALID_NAME,
             f"rename of {base!r} gives {renamed!r}, not a usable file name",
             permanent=True,
         )
@@ -81,7 +80,7 @@ class RouteActions:
     def run(self, claimed: ClaimedFile, state: FileState, *, save: Callable[[FileState], None]) -> str:
         """Every action not yet done; returns the name after the last rename.
 
-        Raises :class:`DeliveryError` on the first failure, :class:`AbortRequested` on abort.
+        Raises :class:`DeliveryError` on the first failure, :class:`StopRequested` on abort.
         """
         log = structlog.get_logger("sft_agent.actions")
         when = datetime.fromtimestamp(state.first_claimed_at, UTC)
@@ -124,7 +123,7 @@ class RouteActions:
                     copy_atomically(claimed.path, target)
                 except OSError as exc:
                     raise DeliveryError(
-                        errors.COPY_FAILED, f"copy to {action.destination} failed: {exc.strerror or exc}"
+                        Reason.COPY_FAILED, f"copy to {action.destination} failed: {exc.strerror or exc}"
                     ) from exc
                 log.info("copied", action=index, sent_as=name, destination=str(action.destination))
             state.done_actions.append(index)

@@ -19,8 +19,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from sft_agent import errors
-from sft_agent.errors import AbortRequested, DeliveryError
+from sft_agent.errors import DeliveryError, Reason, StopRequested
 
 # Below this size hashing at claim time costs a few milliseconds: not worth a thread's work.
 PREHASH_MIN_BYTES = 4 * 1024 * 1024
@@ -29,7 +28,7 @@ PREHASH_MIN_BYTES = 4 * 1024 * 1024
 def sha256_base64(path: Path, *, size: int, chunk_size: int, should_stop: Callable[[], bool]) -> str:
     """Base64 SHA-256 of the first ``size`` bytes of ``path``.
 
-    Raises :class:`AbortRequested` when ``should_stop()`` turns true, and
+    Raises :class:`StopRequested` when ``should_stop()`` turns true, and
     :class:`DeliveryError` if the file cannot be read or is shorter than ``size``.
     """
     digest = hashlib.sha256()
@@ -40,14 +39,14 @@ def sha256_base64(path: Path, *, size: int, chunk_size: int, should_stop: Callab
         with path.open("rb", buffering=0) as handle:
             while remaining:
                 if should_stop():
-                    raise AbortRequested
+                    raise StopRequested
                 count = handle.readinto(view[: min(chunk_size, remaining)])
                 if not count:
-                    raise DeliveryError(errors.FILE_CHANGED, "file shrank while its digest was computed")
+                    raise DeliveryError(Reason.FILE_CHANGED, "file shrank while its digest was computed")
                 digest.update(view[:count])
                 remaining -= count
     except OSError as exc:
-        raise DeliveryError(errors.IO_ERROR, f"cannot read the file: {exc.strerror}") from exc
+        raise DeliveryError(Reason.IO_ERROR, f"cannot read the file: {exc.strerror}") from exc
     return base64.b64encode(digest.digest()).decode("ascii")
 
 
@@ -127,7 +126,7 @@ class Prehasher:
         before = version_of(path)
         if before is None:
             return
-        with contextlib.suppress(DeliveryError, AbortRequested):
+        with contextlib.suppress(DeliveryError, StopRequested):
             digest = sha256_base64(
                 path, size=before[0], chunk_size=self.chunk_size, should_stop=self.should_stop
             )

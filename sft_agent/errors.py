@@ -33,26 +33,9 @@ REASONS: Final = frozenset(
     }
 )
 
-# aliases: callers move to Reason.X in the lead's sweep
-CONNECT: Final = Reason.CONNECT
-TLS_VERIFY: Final = Reason.TLS_VERIFY
-TLS: Final = Reason.TLS
-TIMEOUT: Final = Reason.TIMEOUT
-DISCONNECTED: Final = Reason.DISCONNECTED
-HTTP_4XX: Final = Reason.HTTP_4XX
-HTTP_5XX: Final = Reason.HTTP_5XX
-HTTP_OTHER: Final = Reason.HTTP_OTHER
-DIGEST_MISMATCH: Final = Reason.DIGEST_MISMATCH
-EARLY_RESPONSE: Final = Reason.EARLY_RESPONSE
-COPY_FAILED: Final = Reason.COPY_FAILED
-FILE_CHANGED: Final = Reason.FILE_CHANGED
-INVALID_NAME: Final = Reason.INVALID_NAME
-IO_ERROR: Final = Reason.IO_ERROR
-SUPERSEDED: Final = Reason.SUPERSEDED
 # The agent's "stop now" is the worker's: one control-flow exception (egress.kernel.errors).
-AbortRequested = StopRequested
 
-__all__ = ["REASONS", "AbortRequested", "DeliveryError", "Reason", "StopRequested"]
+__all__ = ["REASONS", "DeliveryError", "Reason", "StopRequested"]
 
 
 class DeliveryError(EgressError):

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from sft_agent import errors
-from sft_agent.errors import AbortRequested, DeliveryError
+from sft_agent.errors import DeliveryError, Reason, StopRequested
 from sft_agent.settings import HttpAction
 from sft_agent.stopping import Stopper
 from sft_agent.tls import ReloadingClientContext
@@ -144,7 +143,7 @@ class HttpPusher:
         try:
             handle = path.open("rb", buffering=0)
         except OSError as exc:
-            raise DeliveryError(errors.IO_ERROR, f"cannot read the claimed file: {exc.strerror}") from exc
+            raise DeliveryError(Reason.IO_ERROR, f"cannot read the claimed file: {exc.strerror}") from exc
         with handle:
             return self._push(handle, name=name, size=size, digest=digest, started=started)
 
@@ -167,7 +166,7 @@ class HttpPusher:
             raise self._status_error(response, body)
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             if self.stopper.aborted:
-                raise AbortRequested from exc
+                raise StopRequested from exc
             raise self._network_error(exc, during="send") from exc
         finally:
             if reusable:
@@ -203,21 +202,21 @@ class HttpPusher:
         try:
             while remaining:
                 if self.stopper.aborted:
-                    raise AbortRequested
+                    raise StopRequested
                 early = self._answered_already(sock)
                 if early is not None:
                     return early
                 count = handle.readinto(view[: min(self.chunk_size, remaining)])
                 if not count:
                     raise DeliveryError(
-                        errors.FILE_CHANGED, f"file shrank while being sent ({remaining} bytes short)"
+                        Reason.FILE_CHANGED, f"file shrank while being sent ({remaining} bytes short)"
                     )
                 sock.sendall(view[:count])
                 progress.sent += count
                 remaining -= count
         except (TimeoutError, OSError) as exc:
             if self.stopper.aborted:
-                raise AbortRequested from exc
+                raise StopRequested from exc
             # The server may have answered and closed (e.g. 413) or stopped reading: read its answer.
             early = self._early_response(conn)
             if early is not None:
@@ -275,22 +274,22 @@ class HttpPusher:
         text = early.body.decode("utf-8", "replace")
         if text.strip():
             detail += f": {_printable(text)}"
-        return DeliveryError(errors.EARLY_RESPONSE, detail, status=early.status)
+        return DeliveryError(Reason.EARLY_RESPONSE, detail, status=early.status)
 
     def _status_error(self, response: http.client.HTTPResponse, body: bytes) -> DeliveryError:
         status = response.status
         text = body.decode("utf-8", "replace")
         reason = (
-            errors.HTTP_4XX
+            Reason.HTTP_4XX
             if 400 <= status < 500
-            else errors.HTTP_5XX
+            else Reason.HTTP_5XX
             if status >= 500
-            else errors.HTTP_OTHER
+            else Reason.HTTP_OTHER
         )
         if status == 400 and "json" in (response.getheader("Content-Type") or ""):
             with contextlib.suppress(ValueError, AttributeError):
-                if json.loads(text).get("error") == errors.DIGEST_MISMATCH:
-                    reason = errors.DIGEST_MISMATCH
+                if json.loads(text).get("error") == Reason.DIGEST_MISMATCH:
+                    reason = Reason.DIGEST_MISMATCH
         detail = f"{self.action.method} {self.where} answered {status} {response.reason}"
         if text.strip():
             detail += f": {_printable(text)}"
@@ -300,34 +299,34 @@ class HttpPusher:
         where = f"{self.host}:{self.port}"
         if isinstance(exc, ssl.SSLCertVerificationError):
             return DeliveryError(
-                errors.TLS_VERIFY,
+                Reason.TLS_VERIFY,
                 f"the server certificate of {where} was rejected: {exc.verify_message} "
                 "(check the CA bundle, and that the certificate names this host)",
             )
         if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) and during == "send":
             return DeliveryError(
-                errors.DISCONNECTED, f"{where} closed the connection during the request: {exc}"
+                Reason.DISCONNECTED, f"{where} closed the connection during the request: {exc}"
             )
         if isinstance(exc, ssl.SSLError):
             alert = "CERTIFICATE" in str(exc.reason or "").upper() or "ALERT" in str(exc.reason or "").upper()
             hint = " (was our client certificate refused?)" if during == "send" and alert else ""
             return DeliveryError(
-                errors.TLS, f"TLS with {where} failed during {during}: {exc.reason or exc}{hint}"
+                Reason.TLS, f"TLS with {where} failed during {during}: {exc.reason or exc}{hint}"
             )
         if isinstance(exc, TimeoutError):
             if during == "connect":
                 return DeliveryError(
-                    errors.CONNECT, f"connecting to {where} timed out after {self.action.connect_timeout:g}s"
+                    Reason.CONNECT, f"connecting to {where} timed out after {self.action.connect_timeout:g}s"
                 )
             return DeliveryError(
-                errors.TIMEOUT, f"{where} did not answer or read within {self.action.read_timeout:g}s"
+                Reason.TIMEOUT, f"{where} did not answer or read within {self.action.read_timeout:g}s"
             )
         if during == "connect":
             return DeliveryError(
-                errors.CONNECT, f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}"
+                Reason.CONNECT, f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}"
             )
         return DeliveryError(
-            errors.DISCONNECTED, f"connection to {where} lost during the request: {type(exc).__name__}: {exc}"
+            Reason.DISCONNECTED, f"connection to {where} lost during the request: {type(exc).__name__}: {exc}"
         )
 
     def _connection(self) -> tuple[http.client.HTTPSConnection, ssl.SSLContext]:
@@ -355,7 +354,7 @@ class HttpPusher:
         except (TimeoutError, OSError) as exc:
             conn.close()
             if self.stopper.aborted:
-                raise AbortRequested from exc
+                raise StopRequested from exc
             raise self._network_error(exc, during="connect") from exc
         assert conn.sock is not None
         conn.sock.settimeout(self.action.read_timeout)

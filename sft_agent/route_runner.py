@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sft_agent import errors
 from sft_agent.actions import RouteActions
 from sft_agent.claims import ClaimedFile, ClaimFolder
 from sft_agent.digests import Prehasher, sha256_base64
 from sft_agent.error_folder import ErrorFolder, error_report
-from sft_agent.errors import AbortRequested, DeliveryError
+from sft_agent.errors import DeliveryError, Reason, StopRequested
 from sft_agent.files import free_name, move
 from sft_agent.ledger import FileKey, LedgerRecorder
 from sft_agent.metrics import AgentMetrics
@@ -284,7 +283,7 @@ class RouteRunner:
         self._park_path(
             name,
             path,
-            DeliveryError(errors.SUPERSEDED, "a newer file with the same name arrived; not delivered"),
+            DeliveryError(Reason.SUPERSEDED, "a newer file with the same name arrived; not delivered"),
             state=self.states.get(name),
         )
 
@@ -398,7 +397,7 @@ class RouteRunner:
                     )
                 self.ledger.sending(self._ledger_key(claimed.name, state), attempt=state.attempts + 1)
             sent_as = self.actions.run(claimed, state, save=lambda s: self._save_state(s, log=log))
-        except AbortRequested:
+        except StopRequested:
             log.warning("send_aborted", reason="agent stopping; the file is put back untouched")
             self._put_back(claimed, state=None, log=log)
             return
@@ -408,7 +407,7 @@ class RouteRunner:
         except Exception as exc:  # noqa: BLE001 - unexpected: count it as a failed attempt, keep the file
             log.error("unexpected_error", error=f"{type(exc).__name__}: {exc}")
             self._failed(
-                claimed, state, DeliveryError(errors.IO_ERROR, f"{type(exc).__name__}: {exc}"), log=log
+                claimed, state, DeliveryError(Reason.IO_ERROR, f"{type(exc).__name__}: {exc}"), log=log
             )
             return
         finally:
@@ -460,7 +459,7 @@ class RouteRunner:
 
     def _failed(self, claimed: ClaimedFile, state: FileState, exc: DeliveryError, *, log: Any) -> None:
         state.attempts += 1
-        if exc.reason in (errors.DIGEST_MISMATCH, errors.FILE_CHANGED):
+        if exc.reason in (Reason.DIGEST_MISMATCH, Reason.FILE_CHANGED):
             state.digest = None  # hash again: the content may not be what was hashed
         state.last_reason = exc.reason
         state.last_detail = exc.detail
@@ -501,7 +500,7 @@ class RouteRunner:
             claimed.name,
             claimed.path,
             DeliveryError(
-                errors.SUPERSEDED,
+                Reason.SUPERSEDED,
                 "a newer file with the same name arrived while this one was claimed; not delivered",
             ),
             state=state,
@@ -519,7 +518,7 @@ class RouteRunner:
             self._park_path(
                 name,
                 path,
-                DeliveryError(errors.SUPERSEDED, "a newer file with the same name arrived; not delivered"),
+                DeliveryError(Reason.SUPERSEDED, "a newer file with the same name arrived; not delivered"),
                 state=self.states.get(name),
             )
             return True
@@ -538,7 +537,7 @@ class RouteRunner:
             return None
         digest = state.digest if state is not None else None
         if digest is None and path is not None:
-            with contextlib.suppress(DeliveryError, AbortRequested, OSError):
+            with contextlib.suppress(DeliveryError, StopRequested, OSError):
                 size = path.stat().st_size
                 digest = sha256_base64(
                     path, size=size, chunk_size=self.actions.chunk_size, should_stop=lambda: False

@@ -2,7 +2,7 @@
 
 An abort cuts the sends in flight short: every socket registered here is shut down, so a
 blocked ``sendall`` returns at once, and the sender raises
-:class:`~sft_agent.errors.AbortRequested`; the file is then put back untouched.
+:class:`~sft_agent.errors.StopRequested`; the file is then put back untouched.
 """
 
 from __future__ import annotations

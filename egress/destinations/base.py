@@ -142,4 +142,4 @@ def close_abandoned(chunks: Iterable[bytes]) -> None:
         try:
             close()
         except Exception as exc:  # noqa: BLE001 - never replace the failure being handled
-            log.warning("closing the abandoned stream failed", error=str(exc)[:200])
+            log.warning("abandoned_stream_close_failed", error=str(exc)[:200])

@@ -94,7 +94,7 @@ class S3RouteDestination:
                 Key=record.name,
                 UploadId=record.mpu_id or "",
             )
-            log.info("aborted the upload of an earlier attempt", key=record.name, upload_id=record.mpu_id)
+            log.info("earlier_upload_aborted", key=record.name, upload_id=record.mpu_id)
         except ClientError as exc:
             if error_code(exc) != "NoSuchUpload":
                 raise translate_client_error(exc, doing=doing) from exc
@@ -117,7 +117,7 @@ class S3RouteDestination:
                     if upload.get("Key") != key:
                         continue
                     s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-                    log.info("aborted an unrecorded upload of the lapsed claim", key=key)
+                    log.info("lapsed_claim_upload_aborted", key=key)
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, doing=f"listing open uploads of s3://{bucket}/{key}") from exc
 
@@ -226,7 +226,7 @@ class SftRouteDestination:
         if self._taken_over:
             removed = self._sft.sweep_temp_files(self._folder)
             if removed:
-                log.info("removed temp files of the lapsed claim", count=removed)
+                log.info("lapsed_claim_temp_files_removed", count=removed)
         return done
 
     def _recorded_files(
@@ -246,7 +246,7 @@ class SftRouteDestination:
             elif self._sft.exists(name):
                 done[name] = record
             elif record.temp_name and self._sft.commit_temp(name, record.temp_name):
-                log.info("finished a write the lapsed claim recorded", file=name)
+                log.info("lapsed_claim_write_finished", file=name)
                 done[name] = record
             else:
                 unaccounted.append(record)
@@ -263,9 +263,7 @@ class SftRouteDestination:
             if (fresh is not None and fresh.status != WRITTEN) or self._sft.exists(record.name):
                 done[record.name] = fresh or record
             else:
-                log.warning(
-                    "recorded file is gone with no receipt from the agent; writing it again", file=record.name
-                )
+                log.warning("recorded_file_gone_rewriting", file=record.name)
         return done
 
     # -- writing ---------------------------------------------------------------------------

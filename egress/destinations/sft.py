@@ -39,16 +39,7 @@ from pathlib import Path
 import structlog
 
 from egress.destinations.base import Delivered, close_abandoned, raise_if_cancelled
-from egress.errors import (
-    ACCESS_DENIED,
-    DISK_SHORT,
-    NAME_COLLISION,
-    TRANSIENT,
-    UNSAFE_KEY,
-    EgressError,
-    PermanentError,
-    RetryableError,
-)
+from egress.errors import EgressError, PermanentError, Reason, RetryableError
 from egress.kernel.fsutil import fsync_dir
 from egress.kernel.tempnames import temp_name
 from egress.names import AGENT_SKIPPED_SUFFIXES, sft_path_problem
@@ -102,14 +93,14 @@ class SftDestination:
         """
         problem = sft_path_problem(relative)
         if problem is not None:
-            raise PermanentError(UNSAFE_KEY, f"{relative!r}: {problem}")
+            raise PermanentError(Reason.UNSAFE_KEY, f"{relative!r}: {problem}")
         path = self.root / relative
         root_real = os.path.realpath(self.root)
         # realpath follows every symlink that exists along the path (the rest is taken as
         # written): a link anywhere under the root must not lead out of it.
         real = os.path.realpath(path)
         if os.path.commonpath([root_real, real]) != root_real or real == root_real:
-            raise PermanentError(UNSAFE_KEY, f"{relative!r}: resolves to {real}, outside the SFT root")
+            raise PermanentError(Reason.UNSAFE_KEY, f"{relative!r}: resolves to {real}, outside the SFT root")
         return path
 
     # -- free space --------------------------------------------------------------------
@@ -127,7 +118,7 @@ class SftDestination:
         needed = size + self.free_space_margin_bytes
         if free < needed:
             raise RetryableError(
-                DISK_SHORT,
+                Reason.DISK_SHORT,
                 f"{free} bytes ({free / MIB:.1f} MiB) free on the file system of {probe}, "
                 f"{needed} bytes needed ({size} object + {self.free_space_margin_bytes} margin)",
             )
@@ -213,7 +204,7 @@ class SftDestination:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            log.warning("could not finish a recorded write", path=relative, error=str(exc))
+            log.warning("recorded_write_not_finished", path=relative, error=str(exc))
             return False
         if self.fsync:
             self._sync_folder(final.parent)
@@ -301,7 +292,7 @@ class SftDestination:
         try:
             fsync_dir(folder)
         except OSError as exc:
-            log.warning("could not fsync folder after rename", folder=str(folder), error=str(exc))
+            log.warning("folder_fsync_failed", folder=str(folder), error=str(exc))
 
 
 class OwnerRegistry:
@@ -376,7 +367,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as exc:
         # Never replace the failure being handled; the start-up sweep gets it later.
-        log.warning("could not remove temp file", path=str(path), error=str(exc))
+        log.warning("temp_file_remove_failed", path=str(path), error=str(exc))
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -395,11 +386,11 @@ def _translated(doing: str) -> Iterator[None]:
     except OSError as exc:
         detail = f"{doing}: {exc.strerror or exc}"
         if exc.errno in _NO_SPACE:
-            raise RetryableError(DISK_SHORT, detail) from exc
+            raise RetryableError(Reason.DISK_SHORT, detail) from exc
         if exc.errno in _DENIED:
-            raise PermanentError(ACCESS_DENIED, detail) from exc
+            raise PermanentError(Reason.ACCESS_DENIED, detail) from exc
         if exc.errno in _IN_THE_WAY:
-            raise PermanentError(NAME_COLLISION, detail) from exc
+            raise PermanentError(Reason.NAME_COLLISION, detail) from exc
         if exc.errno in _UNSAFE:
-            raise PermanentError(UNSAFE_KEY, detail) from exc
-        raise RetryableError(TRANSIENT, detail) from exc
+            raise PermanentError(Reason.UNSAFE_KEY, detail) from exc
+        raise RetryableError(Reason.TRANSIENT, detail) from exc

@@ -44,13 +44,9 @@ from s3_encryption.materials.materials import CommitmentPolicy as S3ecCommitment
 from s3_encryption.pipelines import GetEncryptedObjectPipeline
 
 from egress.errors import (
-    ACCESS_DENIED,
-    AUTHENTICATION_FAILED,
-    KEY_NOT_ALLOWED,
-    KMS_UNAVAILABLE,
-    UNKNOWN_ENCRYPTION,
     EgressError,
     PermanentError,
+    Reason,
     RetryableError,
     error_code,
     translate_client_error,
@@ -240,7 +236,7 @@ class Decryptor:
         if fmt is EncryptionFormat.S3EC:
             return self._s3ec(source, _strip_meta(metadata), stream, size=size)
         raise PermanentError(
-            UNKNOWN_ENCRYPTION,
+            Reason.UNKNOWN_ENCRYPTION,
             f"{source}: no envelope metadata and not an Encryption SDK message; a decrypt route never "
             "delivers it as is",
         )
@@ -251,23 +247,25 @@ class Decryptor:
         # key id comes from object metadata, which whoever writes the object chooses).
         if not self._allowed:
             raise PermanentError(
-                KEY_NOT_ALLOWED,
+                Reason.KEY_NOT_ALLOWED,
                 f"{source}: envelope data key wrapped by {key_id}, but EGRESS_KMS_KEY_ARNS is empty: "
                 "no key is allowed",
             )
         if not _key_id_matches(key_id, self._allowed):
             raise PermanentError(
-                KEY_NOT_ALLOWED, f"{source}: data key wrapped by {key_id}, not in EGRESS_KMS_KEY_ARNS"
+                Reason.KEY_NOT_ALLOWED, f"{source}: data key wrapped by {key_id}, not in EGRESS_KMS_KEY_ARNS"
             )
         try:
             blob = base64.b64decode(meta["ciphertext"], validate=True)
             iv = base64.b64decode(meta["iv"], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise PermanentError(
-                AUTHENTICATION_FAILED, f"{source}: envelope metadata is not valid base64"
+                Reason.AUTHENTICATION_FAILED, f"{source}: envelope metadata is not valid base64"
             ) from exc
         if len(iv) != 16:
-            raise PermanentError(AUTHENTICATION_FAILED, f"{source}: envelope iv is {len(iv)} bytes, not 16")
+            raise PermanentError(
+                Reason.AUTHENTICATION_FAILED, f"{source}: envelope iv is {len(iv)} bytes, not 16"
+            )
         data_key = self._unwrap(source, key_id, blob)
         decryptor = Cipher(algorithms.AES(data_key), modes.CTR(iv)).decryptor()
         return self._ctr_stream(decryptor, chunks)
@@ -299,12 +297,12 @@ class Decryptor:
             raise _kms_error(source, exc) from exc
         except BotoCoreError as exc:
             raise RetryableError(
-                KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
+                Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
             ) from exc
         data_key = bytes(response["Plaintext"])
         if len(data_key) != 32:
             raise PermanentError(
-                AUTHENTICATION_FAILED, f"{source}: data key is {len(data_key)} bytes, not 32"
+                Reason.AUTHENTICATION_FAILED, f"{source}: data key is {len(data_key)} bytes, not 32"
             )
         self._keys.put(name, data_key)
         return data_key
@@ -325,7 +323,8 @@ class Decryptor:
     def _esdk(self, source: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         if not self._allowed:
             raise PermanentError(
-                KEY_NOT_ALLOWED, f"{source}: Encryption SDK message but no EGRESS_KMS_KEY_ARNS configured"
+                Reason.KEY_NOT_ALLOWED,
+                f"{source}: Encryption SDK message but no EGRESS_KMS_KEY_ARNS configured",
             )
         return self._esdk_stream(source, self._materials(), chunks)
 
@@ -340,21 +339,22 @@ class Decryptor:
             raise self._no_data_key(source, list(failures)) from exc
         except (InvalidTag, InvalidSignature) as exc:
             raise PermanentError(
-                AUTHENTICATION_FAILED, f"{source}: authentication failed ({type(exc).__name__})"
+                Reason.AUTHENTICATION_FAILED, f"{source}: authentication failed ({type(exc).__name__})"
             ) from exc
         except ClientError as exc:
             raise _kms_error(source, exc) from exc
         except BotoCoreError as exc:
             raise RetryableError(
-                KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
+                Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
             ) from exc
         except EsdkBodyError as exc:
             raise PermanentError(
-                AUTHENTICATION_FAILED, f"{source}: not a valid Encryption SDK message: {exc}"
+                Reason.AUTHENTICATION_FAILED, f"{source}: not a valid Encryption SDK message: {exc}"
             ) from exc
         except AWSEncryptionSDKClientError as exc:
             raise PermanentError(
-                AUTHENTICATION_FAILED, f"{source}: not a valid Encryption SDK message ({type(exc).__name__})"
+                Reason.AUTHENTICATION_FAILED,
+                f"{source}: not a valid Encryption SDK message ({type(exc).__name__})",
             ) from exc
         finally:
             failures.clear()
@@ -391,7 +391,7 @@ class Decryptor:
         """
         if not self._allowed:
             raise PermanentError(
-                KEY_NOT_ALLOWED,
+                Reason.KEY_NOT_ALLOWED,
                 f"{source}: S3 Encryption Client object but no EGRESS_KMS_KEY_ARNS configured",
             )
         if size is None:
@@ -418,20 +418,24 @@ class Decryptor:
                     continue
                 raise _kms_error(source, exc) from exc
             except S3EncryptionClientSecurityError as exc:
-                raise PermanentError(AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client: {exc}") from exc
+                raise PermanentError(
+                    Reason.AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client: {exc}"
+                ) from exc
             except S3EncryptionClientError as exc:
-                raise PermanentError(UNKNOWN_ENCRYPTION, f"{source}: S3 Encryption Client: {exc}") from exc
+                raise PermanentError(
+                    Reason.UNKNOWN_ENCRYPTION, f"{source}: S3 Encryption Client: {exc}"
+                ) from exc
             except BotoCoreError as exc:
                 raise RetryableError(
-                    KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
+                    Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
                 ) from exc
             except (binascii.Error, ValueError) as exc:
                 raise PermanentError(
-                    AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client metadata is malformed"
+                    Reason.AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client metadata is malformed"
                 ) from exc
             return self._s3ec_stream(source, body)
         raise PermanentError(
-            KEY_NOT_ALLOWED,
+            Reason.KEY_NOT_ALLOWED,
             f"{source}: S3 Encryption Client data key not unwrapped by any of the {len(refused)} keys in "
             f"EGRESS_KMS_KEY_ARNS (KMS: {', '.join(sorted(set(refused)))})",
         )
@@ -441,10 +445,13 @@ class Decryptor:
             while piece := body.read(self._chunk_size):
                 yield piece
         except S3EncryptionClientSecurityError as exc:
-            raise PermanentError(AUTHENTICATION_FAILED, f"{source}: authentication failed (GCM tag)") from exc
+            raise PermanentError(
+                Reason.AUTHENTICATION_FAILED, f"{source}: authentication failed (GCM tag)"
+            ) from exc
         except (S3EncryptionClientError, IncompleteReadError) as exc:
             raise PermanentError(
-                AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client object is truncated or malformed"
+                Reason.AUTHENTICATION_FAILED,
+                f"{source}: S3 Encryption Client object is truncated or malformed",
             ) from exc
 
     @staticmethod
@@ -454,14 +461,14 @@ class Decryptor:
         for error in errors:
             if isinstance(error, RetryableError):
                 return error
-        for wanted in (ACCESS_DENIED, AUTHENTICATION_FAILED):
+        for wanted in (Reason.ACCESS_DENIED, Reason.AUTHENTICATION_FAILED):
             for error in errors:
                 if error.reason == wanted:
                     return error
         if errors:
             return errors[0]
         return PermanentError(
-            KEY_NOT_ALLOWED,
+            Reason.KEY_NOT_ALLOWED,
             f"{source}: no data key of the message is wrapped by a KMS key in EGRESS_KMS_KEY_ARNS",
         )
 
@@ -479,11 +486,12 @@ def _s3ec_stored_context(source: str, meta: Mapping[str, str]) -> dict[str, str]
         stored = json.loads(raw)
     except ValueError as exc:
         raise PermanentError(
-            AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client encryption context is not JSON"
+            Reason.AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client encryption context is not JSON"
         ) from exc
     if not isinstance(stored, dict):
         raise PermanentError(
-            AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client encryption context is not an object"
+            Reason.AUTHENTICATION_FAILED,
+            f"{source}: S3 Encryption Client encryption context is not an object",
         )
     return {k: str(v) for k, v in stored.items() if k not in _S3EC_RESERVED_CONTEXT}
 
@@ -492,10 +500,10 @@ def _kms_error(source: str, exc: ClientError) -> EgressError:
     """A KMS ``ClientError`` met while unwrapping a data key, as one of the two families."""
     code = error_code(exc)
     if code in _KMS_AUTH_CODES:
-        return PermanentError(AUTHENTICATION_FAILED, f"{source}: KMS refused the data key ({code})")
+        return PermanentError(Reason.AUTHENTICATION_FAILED, f"{source}: KMS refused the data key ({code})")
     if code in _KMS_RETRY_CODES:
-        return RetryableError(KMS_UNAVAILABLE, f"{source}: KMS {code}")
+        return RetryableError(Reason.KMS_UNAVAILABLE, f"{source}: KMS {code}")
     error = translate_client_error(exc, doing=f"unwrapping the data key of {source}")
     if isinstance(error, RetryableError):
-        return RetryableError(KMS_UNAVAILABLE, error.detail)
+        return RetryableError(Reason.KMS_UNAVAILABLE, error.detail)
     return error

@@ -422,7 +422,7 @@ def worker_started(daemon: Daemon) -> bool:
         raise AssertionError(
             f"{daemon.name} exited with {daemon.process and daemon.process.returncode}:\n{daemon.tail()}"
         )
-    return bool(daemon.events("worker started"))
+    return bool(daemon.events("worker_started"))
 
 
 # -- mutual TLS ------------------------------------------------------------------------
@@ -675,14 +675,14 @@ def reasons_summary(daemons: Iterable[Daemon]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for daemon in daemons:
         for line in daemon.events():
-            if line.get("event") == "route held by another worker":
+            if line.get("event") == "route_held_elsewhere":
                 key = "route held by another worker (requeued)"
                 counts[key] = counts.get(key, 0) + 1
                 continue
             reason = line.get("reason")
             if reason and line.get("event") in {
-                "route failed, will retry", "route failed permanently", "message will be retried",
-                "message dead-lettered",
+                "route_failed_retrying", "route_failed_permanently", "message_retry_scheduled",
+                "message_dead_lettered",
             }:  # fmt: skip
                 key = f"{line['event']}: {reason}"
                 counts[key] = counts.get(key, 0) + 1

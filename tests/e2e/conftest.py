@@ -249,7 +249,7 @@ def start_worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., WorkerP
             )
         worker = WorkerProcess(process, log_path, port)
         started.append(worker)
-        worker.wait_for(lambda line: line.get("event") == "worker started", timeout=30)
+        worker.wait_for(lambda line: line.get("event") == "worker_started", timeout=30)
         return worker
 
     yield start

@@ -216,8 +216,8 @@ def test_corpus_of_bad_messages_and_routes(stack: Stack, start_worker: Callable[
     )
 
     want_dlq = len(expected) + sum(1 for _, reason in MALFORMED if reason)
-    worker.wait_for(lambda line: line.get("event") == "message dead-lettered", count=want_dlq, timeout=120)
-    worker.wait_for(lambda line: line.get("event") == "message ignored", count=3, timeout=30)
+    worker.wait_for(lambda line: line.get("event") == "message_dead_lettered", count=want_dlq, timeout=120)
+    worker.wait_for(lambda line: line.get("event") == "message_ignored", count=3, timeout=30)
     dlq = stack.dlq_messages(wait=5)
     assert len(dlq) == want_dlq, [m["MessageAttributes"]["reason"]["StringValue"] for m in dlq]
 

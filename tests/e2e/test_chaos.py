@@ -125,7 +125,7 @@ class WorkerSlot:
             message_id, event = line.get("message_id"), str(line.get("event", ""))
             if not message_id or "message " not in event:
                 continue
-            if event == "message received":
+            if event == "message_received":
                 holding[str(message_id)] = int(line.get("receive_count") or 1)
             else:  # message done, … retried, … released, … dead-lettered, … requeued
                 holding.pop(str(message_id), None)
@@ -427,10 +427,10 @@ def test_chaos_flagged_folders_reach_s3_and_the_receiver_exactly_once_through_si
         # -- figures -------------------------------------------------------------------
         rewritten = sorted((key, n) for key, n in versions_per_key(stack).items() if n > 1)
         receives = [
-            int(line.get("receive_count", 0)) for w in workers for line in w.events("message received")
+            int(line.get("receive_count", 0)) for w in workers for line in w.events("message_received")
         ]
         by_flag = sorted(kills_per_flag.items(), key=lambda item: -item[1])
-        counted = ["message received", "message done", "route delivered", "route already delivered"]
+        counted = ["message_received", "message_done", "route_delivered", "route_already_delivered"]
         figures = [
             f"seed {seed}; {len(kills)} kills, {sum(1 for k in kills if k.messages_in_flight)} of them "
             f"of a worker with messages in flight ({sum(k.messages_in_flight for k in kills)} messages)",

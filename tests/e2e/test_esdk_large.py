@@ -129,7 +129,7 @@ def test_non_framed_message_over_the_memory_budget_is_delivered_with_bounded_rss
     worker = start_worker()
     with watch_visible_files(stack.sft_root) as seen:
         stack.upload("big/" + FLAG)
-        worker.wait_for(lambda line: line.get("event") == "message done", timeout=240)
+        worker.wait_for(lambda line: line.get("event") == "message_done", timeout=240)
         rss = peak_rss_mib(worker.process.pid)
     delivered = stack.sft_root / "big" / "export.csv"
     assert delivered.stat().st_size == SIZE
@@ -179,7 +179,7 @@ def test_tampered_non_framed_messages_are_dead_lettered_with_nothing_visible(
         for prefix in cases:
             stack.upload(prefix + FLAG)
         lines = worker.wait_for(
-            lambda line: line.get("event") == "message dead-lettered", count=2, timeout=240
+            lambda line: line.get("event") == "message_dead_lettered", count=2, timeout=240
         )
     assert seen == {}
     assert {line["reason"] for line in lines} == {"authentication_failed"}
@@ -219,7 +219,7 @@ def test_empty_key_allow_list_decrypts_no_envelope_object(
     stack.upload(prefix + "rows.csv.enc", b"".join(body), Metadata=metadata)
     worker = start_worker(EGRESS_KMS_KEY_ARNS="")
     stack.upload(prefix + FLAG)
-    (line,) = worker.wait_for(lambda line: line.get("event") == "message dead-lettered", timeout=90)
+    (line,) = worker.wait_for(lambda line: line.get("event") == "message_dead_lettered", timeout=90)
     assert line["reason"] == "key_not_allowed"
     (dead,) = stack.dlq_messages(wait=5)
     attributes = dead["MessageAttributes"]

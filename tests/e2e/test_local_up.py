@@ -266,7 +266,7 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
             raise AssertionError(
                 f"egress local up exited with {local_up.process.returncode}\n{local_up.logs()}"
             )
-        gave_up = "message dead-lettered" in local_up.log("worker").read_text(errors="replace")
+        gave_up = "message_dead_lettered" in local_up.log("worker").read_text(errors="replace")
         if gave_up or time.monotonic() > deadline:
             why = "the worker dead-lettered the flag" if gave_up else f"after {DELIVERY_TIMEOUT:.0f}s"
             raise AssertionError(
@@ -285,24 +285,40 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
     # The banner's ledger command, with no credentials in the shell, shows both deliveries.
     history = subprocess.run(
         [*shlex.split(banner_command(local_up, "history")), "--output", "json"],
-        cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False,
+        cwd=REPO,
+        env=newcomer_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert history.returncode == 0, history.stderr.decode(errors="replace")
     assert {row["pipeline_name"] for row in json.loads(history.stdout)} == {
-        s3_route["pipeline_name"], sft_route["pipeline_name"]
+        s3_route["pipeline_name"],
+        sft_route["pipeline_name"],
     }
     # Each SFT file's story, end to end: written by the worker, then sent by the agent with the
     # receiver's status; the route is "received" once every file was sent.
-    history_files = [*shlex.split(banner_command(local_up, "history")), "--pipeline", sft_route["pipeline_name"]]
+    history_files = [
+        *shlex.split(banner_command(local_up, "history")),
+        "--pipeline",
+        sft_route["pipeline_name"],
+    ]
     deadline = time.monotonic() + 30
     while True:
         shown = subprocess.run(
-            [*history_files, "--files"], cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False
+            [*history_files, "--files"],
+            cwd=REPO,
+            env=newcomer_env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
         assert shown.returncode == 0, shown.stderr.decode(errors="replace")
         table = shown.stdout.decode()
         file_lines = [line.strip() for line in table.splitlines() if line.startswith("    ")]
-        sent = [line for line in file_lines if "written " in line and "→ sent " in line and "(HTTP 201" in line]
+        sent = [
+            line for line in file_lines if "written " in line and "→ sent " in line and "(HTTP 201" in line
+        ]
         if len(sent) == len(expected) and " received " in table:
             break
         if time.monotonic() > deadline:
@@ -310,12 +326,18 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
         time.sleep(0.5)
     as_json = subprocess.run(
         [*history_files, "--files", "--output", "json"],
-        cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False,
+        cwd=REPO,
+        env=newcomer_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     (sft_row,) = json.loads(as_json.stdout)
     assert sft_row["status"] == "received" and sft_row["files_sent"] == len(expected)
     assert {file["status"] for file in sft_row["files"]} == {"sent"}
-    assert all(file["sent_sha256"] == file["sha256"] and file["http_status"] == 201 for file in sft_row["files"])
+    assert all(
+        file["sent_sha256"] == file["sha256"] and file["http_status"] == 201 for file in sft_row["files"]
+    )
     # Neither up's readiness probe nor the agent may fail a handshake in a healthy stack.
     assert "tls_handshake_failed" not in local_up.log("receiver").read_text(), local_up.logs()
 

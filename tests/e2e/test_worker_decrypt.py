@@ -35,7 +35,9 @@ def test_envelope_esdk_and_s3ec_objects_are_delivered_decrypted(
         if transfer_type == "S3"
         else {"destination_prefix": "plain"}
     )
-    stack.put_route(source_prefix=prefix, pipeline_name="Dec", transfer_type=transfer_type, decrypt=True, **route)
+    stack.put_route(
+        source_prefix=prefix, pipeline_name="Dec", transfer_type=transfer_type, decrypt=True, **route
+    )
     envelope_body, metadata = envelope_object(stack)
     assert envelope_body != PLAIN
     stack.upload(prefix + "envelope.csv.enc", envelope_body, Metadata=metadata)
@@ -43,14 +45,17 @@ def test_envelope_esdk_and_s3ec_objects_are_delivered_decrypted(
     wrapped_keys = []
     for version in ("v2", "v3"):
         body, s3ec_metadata = s3ec_encrypt(
-            stack.aws.kms, key_arn=stack.kms_key_arn, data=PLAIN, version=version,
+            stack.aws.kms,
+            key_arn=stack.kms_key_arn,
+            data=PLAIN,
+            version=version,
             encryption_context={"team": "warehouse"},
         )
         wrapped_keys.append(s3ec_metadata["x-amz-3" if version == "v3" else "x-amz-key-v2"])
         stack.upload(prefix + f"s3ec/{version}.csv", body, Metadata=s3ec_metadata)
     worker = start_worker()
     stack.upload(prefix + FLAG)
-    worker.wait_for(lambda line: line.get("event") == "message done", timeout=90)
+    worker.wait_for(lambda line: line.get("event") == "message_done", timeout=90)
     names = ["envelope.csv", "nested/esdk.csv", "s3ec/v2.csv", "s3ec/v3.csv"]
     for name in names:
         if transfer_type == "S3":
@@ -78,18 +83,34 @@ def test_tampered_wrong_key_and_unknown_format_end_in_dlq(
         "tampered/": ("data.bin", bytes(message), {}, "authentication_failed"),
         "wrongkey/": ("data.bin", esdk_message(stack, other_key), {}, "key_not_allowed"),
         "unknown/": ("data.bin", b"PK\x03\x04 a zip file, not encrypted", {}, "unknown_encryption"),
-        "s3ectag/": ("data.bin", s3ec_body[:-1] + bytes([s3ec_body[-1] ^ 1]), s3ec_metadata, "authentication_failed"),
+        "s3ectag/": (
+            "data.bin",
+            s3ec_body[:-1] + bytes([s3ec_body[-1] ^ 1]),
+            s3ec_metadata,
+            "authentication_failed",
+        ),
     }
     for prefix, (name, body, metadata, _) in cases.items():
-        stack.put_route(source_prefix=prefix, pipeline_name="Dec", transfer_type="S3", decrypt=True,
-                        destination_bucket=stack.destination_bucket, destination_prefix=prefix)
-        stack.put_route(source_prefix=prefix, pipeline_name="Dec#sft", transfer_type="SFT", decrypt=True,
-                        destination_prefix=prefix.rstrip("/"))
+        stack.put_route(
+            source_prefix=prefix,
+            pipeline_name="Dec",
+            transfer_type="S3",
+            decrypt=True,
+            destination_bucket=stack.destination_bucket,
+            destination_prefix=prefix,
+        )
+        stack.put_route(
+            source_prefix=prefix,
+            pipeline_name="Dec#sft",
+            transfer_type="SFT",
+            decrypt=True,
+            destination_prefix=prefix.rstrip("/"),
+        )
         stack.upload(prefix + name, body, Metadata=metadata)
     worker = start_worker()
     for prefix in cases:
         stack.upload(prefix + FLAG)
-    worker.wait_for(lambda line: line.get("event") == "message dead-lettered", count=len(cases), timeout=90)
+    worker.wait_for(lambda line: line.get("event") == "message_dead_lettered", count=len(cases), timeout=90)
     reasons = {}
     for dlq_message in stack.dlq_messages(wait=5):
         body = dlq_message["Body"]

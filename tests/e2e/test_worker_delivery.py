@@ -25,7 +25,7 @@ def sha(data: bytes) -> str:
 
 
 def delivered_messages(worker: WorkerProcess, count: int = 1, timeout: float = 90) -> None:
-    worker.wait_for(lambda line: line.get("event") == "message done", count=count, timeout=timeout)
+    worker.wait_for(lambda line: line.get("event") == "message_done", count=count, timeout=timeout)
 
 
 def test_one_prefix_two_rows_delivers_to_s3_and_sft(
@@ -145,8 +145,8 @@ def test_duplicate_notifications_and_redelivery_deliver_once(
     stack.aws.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
     delivered_messages(worker, count=3)
     assert target.stat().st_mtime_ns == first_mtime
-    delivered_lines = [line for line in worker.events() if line.get("event") == "route delivered"]
-    skipped_lines = [line for line in worker.events() if line.get("event") == "route already delivered"]
+    delivered_lines = [line for line in worker.events() if line.get("event") == "route_delivered"]
+    skipped_lines = [line for line in worker.events() if line.get("event") == "route_already_delivered"]
     assert len(delivered_lines) == 1 and len(skipped_lines) == 2
     (row,) = stack.ledger_rows()
     assert row["status"]["S"] == "delivered" and row["attempts"]["N"] == "1"
@@ -154,7 +154,7 @@ def test_duplicate_notifications_and_redelivery_deliver_once(
     time.sleep(0.01)
     stack.upload(prefix + "data.bin", b"payload v2")
     stack.upload(prefix + FLAG)
-    worker.wait_for(lambda line: line.get("event") == "route delivered", count=2, timeout=60)
+    worker.wait_for(lambda line: line.get("event") == "route_delivered", count=2, timeout=60)
     assert target.read_bytes() == b"payload v2"
     assert worker.stop() == 0
 

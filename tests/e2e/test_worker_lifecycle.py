@@ -56,30 +56,29 @@ def test_delivery_longer_than_visibility_timeout_is_not_worked_twice(
     workers = [first, second]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        done = [w for w in workers if any(line.get("event") == "message done" for line in w.events())]
+        done = [w for w in workers if any(line.get("event") == "message_done" for line in w.events())]
         if done:
             break
         time.sleep(0.5)
     else:
         raise AssertionError("no worker finished the delivery")
-    (done_line,) = [line for w in workers for line in w.events() if line.get("event") == "message done"]
+    (done_line,) = [line for w in workers for line in w.events() if line.get("event") == "message_done"]
     flag_receipts = [
         line
         for w in workers
         for line in w.events()
-        if line.get("event") == "message received" and line.get("message_id") == done_line["message_id"]
+        if line.get("event") == "message_received" and line.get("message_id") == done_line["message_id"]
     ]
     assert len(flag_receipts) == 1, flag_receipts
-    elapsed = [line for w in workers for line in w.events() if line.get("event") == "route delivered"]
+    elapsed = [line for w in workers for line in w.events() if line.get("event") == "route_delivered"]
     assert len(elapsed) == 1 and elapsed[0]["seconds"] > 2, "the delivery must outlast the visibility timeout"
     assert not [
         line
         for w in workers
         for line in w.events()
-        if line.get("event")
-        in {"route already delivered", "route failed, will retry", "route held by another worker"}
+        if line.get("event") in {"route_already_delivered", "route_failed_retrying", "route_held_elsewhere"}
     ]
-    assert sum(1 for line in first.events() + second.events() if line.get("event") == "message done") == 1
+    assert sum(1 for line in first.events() + second.events() if line.get("event") == "message_done") == 1
     (row,) = stack.ledger_rows()
     assert row["attempts"]["N"] == "1"
     assert (stack.sft_root / "long" / "big.bin.gz").exists()
@@ -116,7 +115,7 @@ def test_sigterm_mid_object_releases_everything_and_restart_completes(
     took = time.monotonic() - sent
     assert code == 0, worker.tail()
     assert took < 1 + 5, f"exit took {took:.1f}s with a 1 s grace period"
-    assert [line for line in worker.events() if line.get("event") == "message released"]
+    assert [line for line in worker.events() if line.get("event") == "message_released"]
     # nothing left behind
     assert stack.aws.s3.list_multipart_uploads(Bucket=stack.destination_bucket).get("Uploads", []) == []
     assert [p for p in stack.sft_root.rglob("*") if p.is_file()] == []
@@ -128,7 +127,7 @@ def test_sigterm_mid_object_releases_everything_and_restart_completes(
         time.sleep(0.2)
     # a restarted worker completes the delivery
     restarted = start_worker()
-    restarted.wait_for(lambda line: line.get("event") == "message done", timeout=120)
+    restarted.wait_for(lambda line: line.get("event") == "message_done", timeout=120)
     import gzip
 
     if transfer_type == "S3":
@@ -178,15 +177,15 @@ def test_duplicates_arriving_while_a_live_worker_delivers_never_reach_the_dlq(
     assert body is not None, "the S3 notification never reached the queue"
     stack.aws.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
     worker = start_worker(**overrides)
-    worker.wait_for(lambda line: line.get("event") == "message received")
+    worker.wait_for(lambda line: line.get("event") == "message_received")
     time.sleep(0.5)  # the delivery is under way (gzip of 120 MB of hex takes seconds)
     for _ in range(3):
         stack.aws.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
-    worker.wait_for(lambda line: line.get("event") == "route delivered", timeout=120)
-    worker.wait_for(lambda line: line.get("event") == "route already delivered", count=3, timeout=60)
+    worker.wait_for(lambda line: line.get("event") == "route_delivered", timeout=120)
+    worker.wait_for(lambda line: line.get("event") == "route_already_delivered", count=3, timeout=60)
     events = [line.get("event") for line in worker.events()]
-    assert events.count("route delivered") == 1
-    assert events.count("held by another worker: message requeued") >= 3
-    assert "message dead-lettered" not in events
+    assert events.count("route_delivered") == 1
+    assert events.count("message_requeued") >= 3
+    assert "message_dead_lettered" not in events
     assert stack.dlq_messages(wait=2) == []
     assert worker.stop() == 0

@@ -23,7 +23,7 @@ from egress.aws import AwsClients
 from egress.destinations.s3 import S3Destination, S3Target, TransferConfig
 from egress.destinations.sft import SftDestination
 from egress.devstack.encrypt import envelope_encrypt
-from egress.errors import AUTHENTICATION_FAILED, KEY_NOT_ALLOWED, PermanentError
+from egress.errors import PermanentError, Reason
 from egress.streams import rechunk
 from egress.transforms.decrypt import Decryptor
 from egress.transforms.esdk import esdk_provider
@@ -148,7 +148,7 @@ def test_tampered_non_framed_message_is_refused_as_authentication_failed(
         with pytest.raises(PermanentError) as caught:
             for _ in decryptor.decrypt(source="s3://src/bad", metadata={}, chunks=pieces(tampered)):
                 pass
-        assert caught.value.reason == AUTHENTICATION_FAILED, (where, caught.value.detail)
+        assert caught.value.reason == Reason.AUTHENTICATION_FAILED, (where, caught.value.detail)
         if where == "trailing-bytes":
             assert "bytes after the end of the message" in caught.value.detail
 
@@ -173,7 +173,7 @@ def test_tampered_non_framed_message_leaves_nothing_in_the_sft_folder(
         plaintext = decryptor.decrypt(source="s3://src/bad", metadata={}, chunks=pieces(tampered))
         with pytest.raises(PermanentError) as caught:
             sft.write("out/data.csv", watched(plaintext))
-        assert caught.value.reason == AUTHENTICATION_FAILED, where
+        assert caught.value.reason == Reason.AUTHENTICATION_FAILED, where
         assert [p for p in (tmp_path / "sft").rglob("*") if p.is_file() and "owners" not in p.parts] == [], (
             where
         )
@@ -202,7 +202,7 @@ def test_tampered_non_framed_message_leaves_no_object_and_no_upload(
         plaintext = decryptor.decrypt(source="s3://src/bad", metadata={}, chunks=pieces(tampered))
         with pytest.raises(PermanentError) as caught:
             uploader.upload(S3Target(bucket, "out/data.csv"), plaintext, on_upload_started=started.append)
-        assert caught.value.reason == AUTHENTICATION_FAILED, where
+        assert caught.value.reason == Reason.AUTHENTICATION_FAILED, where
     assert len(started) == 2  # the parts were on their way...
     assert aws.s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []  # ...and nothing is visible
     assert aws.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
@@ -224,7 +224,7 @@ def test_envelope_object_with_an_empty_allow_list_is_refused_before_kms(
                 source="s3://src/e", metadata=metadata, chunks=iter([ciphertext])
             )
         )
-    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED
     assert "EGRESS_KMS_KEY_ARNS is empty" in caught.value.detail
     assert calls == []  # refused before any KMS call
     # The same object decrypts once its key is allowed (by ARN or by key id).

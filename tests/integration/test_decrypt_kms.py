@@ -21,14 +21,7 @@ from aws_encryption_sdk.internal.formatting.deserialize import deserialize_heade
 
 from egress.aws import AwsClients, AwsConfig, build_clients
 from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
-from egress.errors import (
-    AUTHENTICATION_FAILED,
-    KEY_NOT_ALLOWED,
-    KMS_UNAVAILABLE,
-    UNKNOWN_ENCRYPTION,
-    PermanentError,
-    RetryableError,
-)
+from egress.errors import PermanentError, Reason, RetryableError
 from egress.streams import rechunk
 from egress.transforms.decrypt import Decryptor, EncryptionFormat
 from tests.conftest import REGION, free_port
@@ -90,7 +83,7 @@ def test_envelope_allowed_by_key_id_and_refused_by_empty_list(aws: AwsClients, k
     assert decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_id]), body, metadata) == PLAIN
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[]), body, metadata)
-    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED
     assert "EGRESS_KMS_KEY_ARNS is empty" in caught.value.detail
 
 
@@ -129,7 +122,7 @@ def test_tampered_esdk_message_fails_authentication(aws: AwsClients, key_arn: st
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     with pytest.raises(PermanentError) as caught:
         decrypt_all(decryptor, bytes(message))
-    assert caught.value.reason == AUTHENTICATION_FAILED
+    assert caught.value.reason == Reason.AUTHENTICATION_FAILED
 
 
 @pytest.mark.parametrize("cut", [1, 100, 5000])
@@ -138,7 +131,7 @@ def test_truncated_esdk_message_fails_authentication(aws: AwsClients, key_arn: s
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     with pytest.raises(PermanentError) as caught:
         decrypt_all(decryptor, message[:-cut])
-    assert caught.value.reason == AUTHENTICATION_FAILED
+    assert caught.value.reason == Reason.AUTHENTICATION_FAILED
 
 
 def test_esdk_under_a_key_not_allowed(aws: AwsClients, key_arn: str) -> None:
@@ -147,7 +140,7 @@ def test_esdk_under_a_key_not_allowed(aws: AwsClients, key_arn: str) -> None:
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     with pytest.raises(PermanentError) as caught:
         decrypt_all(decryptor, message)
-    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED
     assert "EGRESS_KMS_KEY_ARNS" in caught.value.detail
 
 
@@ -155,7 +148,7 @@ def test_esdk_without_configured_keys(aws: AwsClients, key_arn: str) -> None:
     message = esdk_message(aws, key_arn)
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[]), message)
-    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED
     assert "no EGRESS_KMS_KEY_ARNS configured" in caught.value.detail
 
 
@@ -168,7 +161,7 @@ def test_esdk_kms_refusal_is_not_reported_as_key_not_allowed(aws: AwsClients, ke
     message[at] ^= 0x01
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), bytes(message))
-    assert caught.value.reason == AUTHENTICATION_FAILED
+    assert caught.value.reason == Reason.AUTHENTICATION_FAILED
     assert "KMS refused the data key (InvalidCiphertextException)" in caught.value.detail
 
 
@@ -191,14 +184,14 @@ def test_unreachable_kms_is_retryable_for_both_formats(
     for payload, meta in ((body, metadata), (message, {})):
         with pytest.raises(RetryableError) as caught:
             decrypt_all(decryptor, payload, meta)
-        assert caught.value.reason == KMS_UNAVAILABLE
+        assert caught.value.reason == Reason.KMS_UNAVAILABLE
 
 
 def test_envelope_under_a_key_not_allowed(aws: AwsClients, key_arn: str) -> None:
     metadata, body = envelope_object(aws, new_key(aws))
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), body, metadata)
-    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED
 
 
 @pytest.mark.parametrize(
@@ -217,7 +210,7 @@ def test_garbled_envelope_metadata_is_a_specific_permanent_error(
     metadata.update(change)
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), body, metadata)
-    assert caught.value.reason == AUTHENTICATION_FAILED
+    assert caught.value.reason == Reason.AUTHENTICATION_FAILED
     assert detail in caught.value.detail
 
 
@@ -230,7 +223,7 @@ def test_envelope_data_key_not_32_bytes(aws: AwsClients, key_arn: str) -> None:
     }
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), b"x" * 100, metadata)
-    assert caught.value.reason == AUTHENTICATION_FAILED
+    assert caught.value.reason == Reason.AUTHENTICATION_FAILED
     assert "data key is 16 bytes, not 32" in caught.value.detail
 
 
@@ -294,10 +287,10 @@ def test_s3ec_key_is_found_among_the_allowed_ones(aws: AwsClients, key_arn: str)
     )
     with pytest.raises(PermanentError) as caught:
         s3ec_decrypt(Decryptor(aws.kms, allowed_key_arns=[other]), body, metadata)
-    assert caught.value.reason == KEY_NOT_ALLOWED and "EGRESS_KMS_KEY_ARNS" in caught.value.detail
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED and "EGRESS_KMS_KEY_ARNS" in caught.value.detail
     with pytest.raises(PermanentError) as caught:
         s3ec_decrypt(Decryptor(aws.kms, allowed_key_arns=[]), body, metadata)
-    assert caught.value.reason == KEY_NOT_ALLOWED
+    assert caught.value.reason == Reason.KEY_NOT_ALLOWED
 
 
 @pytest.mark.parametrize("version", ["v2", "v3"])
@@ -321,7 +314,7 @@ def test_tampered_s3ec_object_fails_authentication(
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     with pytest.raises(PermanentError) as caught:
         s3ec_decrypt(decryptor, bytes(tampered), metadata)
-    assert caught.value.reason == AUTHENTICATION_FAILED, caught.value.detail
+    assert caught.value.reason == Reason.AUTHENTICATION_FAILED, caught.value.detail
 
 
 def test_s3ec_legacy_unauthenticated_v1_is_refused_before_kms(aws: AwsClients, key_arn: str) -> None:
@@ -335,7 +328,7 @@ def test_s3ec_legacy_unauthenticated_v1_is_refused_before_kms(aws: AwsClients, k
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     with pytest.raises(PermanentError) as caught:
         s3ec_decrypt(decryptor, os.urandom(1024), metadata)
-    assert caught.value.reason == UNKNOWN_ENCRYPTION and "legacy" in caught.value.detail
+    assert caught.value.reason == Reason.UNKNOWN_ENCRYPTION and "legacy" in caught.value.detail
     assert calls == []
 
 
@@ -343,7 +336,7 @@ def test_s3ec_legacy_unauthenticated_v1_is_refused_before_kms(aws: AwsClients, k
 def test_plain_object_is_unknown_encryption(aws: AwsClients, key_arn: str, body: bytes) -> None:
     with pytest.raises(PermanentError) as caught:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), body, {"owner": "team"})
-    assert caught.value.reason == UNKNOWN_ENCRYPTION
+    assert caught.value.reason == Reason.UNKNOWN_ENCRYPTION
     assert "no envelope metadata and not an Encryption SDK message" in caught.value.detail
 
 

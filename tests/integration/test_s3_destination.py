@@ -35,17 +35,7 @@ from egress.destinations.s3 import (
     S3Target,
     TransferConfig,
 )
-from egress.errors import (
-    ACCESS_DENIED,
-    AWS_UNAVAILABLE,
-    DESTINATION_MISSING,
-    INVALID_ROUTE,
-    THROTTLED,
-    PermanentError,
-    RetryableError,
-    StopRequested,
-    translate_client_error,
-)
+from egress.errors import PermanentError, Reason, RetryableError, StopRequested, translate_client_error
 from egress.ledger_table import DONE, UPLOADING, ObjectRecord
 from egress.routing import Route
 from egress.sources import OpenedObject, SourceObject
@@ -186,11 +176,18 @@ def test_moto_stores_checksums_it_is_sent_but_does_not_verify_them(aws: AwsClien
     assert aws.s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")["ChecksumSHA256"] == wrong
     upload_id = aws.s3.create_multipart_upload(Bucket=bucket, Key="m", ChecksumAlgorithm="SHA256")["UploadId"]
     part = aws.s3.upload_part(
-        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=b"x",
-        ChecksumAlgorithm="SHA256", ChecksumSHA256=wrong,
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload_id,
+        PartNumber=1,
+        Body=b"x",
+        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=wrong,
     )
     aws.s3.complete_multipart_upload(
-        Bucket=bucket, Key="m", UploadId=upload_id,
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload_id,
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumSHA256": wrong}]},
     )
     assert sha_of(aws, bucket, "m") == (hashlib.sha256(b"x").hexdigest(), 1)
@@ -340,9 +337,20 @@ def test_memory_of_a_200_mib_stream_stays_bounded(aws: AwsClients, bucket: str) 
     """
     total, part, limit = 200 * MIB, 8 * MIB, 4
     result = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, aws.config.endpoint_url or "", bucket, str(total), str(part),
-         str(limit)],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-c",
+            MEMORY_PROBE,
+            aws.config.endpoint_url or "",
+            bucket,
+            str(total),
+            str(part),
+            str(limit),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -409,7 +417,9 @@ def test_cancel_raises_stop_requested_and_aborts(aws: AwsClients, bucket: str) -
 
 
 @pytest.mark.parametrize("raised", [StopRequested, KeyboardInterrupt])
-def test_base_exceptions_in_the_stream_abort(aws: AwsClients, bucket: str, raised: type[BaseException]) -> None:
+def test_base_exceptions_in_the_stream_abort(
+    aws: AwsClients, bucket: str, raised: type[BaseException]
+) -> None:
     def stream() -> Iterator[bytes]:
         yield from generated(11 * MIB)
         raise raised
@@ -426,7 +436,7 @@ def test_failed_part_fails_the_upload_permanently_and_aborts(single_try_aws: Aws
 
     with pytest.raises(PermanentError) as caught:
         S3Destination(s3, config=SMALL).upload(S3Target(bucket, "denied"), generated(40 * MIB))
-    assert caught.value.reason == ACCESS_DENIED
+    assert caught.value.reason == Reason.ACCESS_DENIED
     assert "part 2" in caught.value.detail
     assert_no_leftovers(single_try_aws, bucket, "denied")
     assert calls.counts["UploadPart"] <= 5  # the producer stopped soon; it did not push all 8 parts
@@ -450,13 +460,15 @@ def test_part_is_retried_with_backoff_then_succeeds(aws: AwsClients, bucket: str
     assert sha_of(aws, bucket, "flaky") == (delivered.sha256, 12 * MIB)
 
 
-def test_part_retries_are_bounded_then_retryable_and_aborted(three_tries_aws: AwsClients, bucket: str) -> None:
+def test_part_retries_are_bounded_then_retryable_and_aborted(
+    three_tries_aws: AwsClients, bucket: str
+) -> None:
     s3 = three_tries_aws.s3
     failed = inject_errors(s3, "UploadPart", code="InternalError", status=500, when=lambda url: True)
     config = TransferConfig(part_size=5 * MIB, max_parts_in_flight=1)
     with pytest.raises(RetryableError) as caught:
         S3Destination(s3, config=config).upload(S3Target(bucket, "broken"), generated(11 * MIB))
-    assert caught.value.reason == AWS_UNAVAILABLE
+    assert caught.value.reason == Reason.AWS_UNAVAILABLE
     assert len(failed) == 3  # one part, three attempts (botocore's), no more: no second layer multiplies them
     assert_no_leftovers(three_tries_aws, bucket, "broken")
 
@@ -465,7 +477,9 @@ def test_failing_abort_is_logged_and_does_not_mask_the_cause(
     three_tries_aws: AwsClients, aws: AwsClients, bucket: str
 ) -> None:
     s3 = three_tries_aws.s3
-    aborts = inject_errors(s3, "AbortMultipartUpload", code="InternalError", status=500, when=lambda url: True)
+    aborts = inject_errors(
+        s3, "AbortMultipartUpload", code="InternalError", status=500, when=lambda url: True
+    )
 
     def failing() -> Iterator[bytes]:
         yield from generated(6 * MIB)
@@ -486,25 +500,31 @@ def test_missing_destination_bucket_is_permanent(aws: AwsClients, unique: str) -
     for stream in (iter([b"small"]), generated(12 * MIB)):
         with pytest.raises(PermanentError) as caught:
             destination.upload(S3Target(f"nowhere-{unique}", "k"), stream)
-        assert caught.value.reason == DESTINATION_MISSING
+        assert caught.value.reason == Reason.DESTINATION_MISSING
     source = make_bucket(aws, f"src-{unique}")
     aws.s3.put_object(Bucket=source, Key="a", Body=b"abc")
     with pytest.raises(PermanentError) as caught:
         destination.copy(SourceObject(source, "a", 3), S3Target(f"nowhere-{unique}", "a"))
-    assert caught.value.reason == DESTINATION_MISSING
+    assert caught.value.reason == Reason.DESTINATION_MISSING
 
 
 def test_bucket_policy_denial_is_permanent_access_denied(aws: AwsClients, bucket: str) -> None:
     """moto enforces a bucket policy's Deny on PutObject (not on CreateMultipartUpload)."""
     policy = {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
-                       "Resource": f"arn:aws:s3:::{bucket}/*"}],
+        "Statement": [
+            {
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{bucket}/*",
+            }
+        ],
     }
     aws.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
     with pytest.raises(PermanentError) as caught:
         S3Destination(aws.s3, config=SMALL).upload(S3Target(bucket, "denied"), iter([b"x"]))
-    assert caught.value.reason == ACCESS_DENIED
+    assert caught.value.reason == Reason.ACCESS_DENIED
     assert f"s3://{bucket}/denied" in caught.value.detail
 
 
@@ -517,12 +537,12 @@ def client_error(code: str, status: int, operation: str = "PutObject") -> Client
 @pytest.mark.parametrize(
     ("code", "status", "family", "reason"),
     [
-        ("AccessDenied", 403, PermanentError, ACCESS_DENIED),
-        ("403", 403, PermanentError, ACCESS_DENIED),
-        ("NoSuchBucket", 404, PermanentError, DESTINATION_MISSING),
-        ("SlowDown", 503, RetryableError, THROTTLED),
-        ("InternalError", 500, RetryableError, AWS_UNAVAILABLE),
-        ("ServiceUnavailable", 503, RetryableError, AWS_UNAVAILABLE),
+        ("AccessDenied", 403, PermanentError, Reason.ACCESS_DENIED),
+        ("403", 403, PermanentError, Reason.ACCESS_DENIED),
+        ("NoSuchBucket", 404, PermanentError, Reason.DESTINATION_MISSING),
+        ("SlowDown", 503, RetryableError, Reason.THROTTLED),
+        ("InternalError", 500, RetryableError, Reason.AWS_UNAVAILABLE),
+        ("ServiceUnavailable", 503, RetryableError, Reason.AWS_UNAVAILABLE),
     ],
 )
 def test_translate_client_error(code: str, status: int, family: type, reason: str) -> None:
@@ -535,7 +555,7 @@ def test_translate_client_error(code: str, status: int, family: type, reason: st
 def test_empty_bucket_in_a_target_is_an_invalid_route() -> None:
     with pytest.raises(PermanentError) as caught:
         S3Target("", "k")
-    assert caught.value.reason == INVALID_ROUTE
+    assert caught.value.reason == Reason.INVALID_ROUTE
 
 
 # -- SSE-KMS, ACL, roles -------------------------------------------------------------------------
@@ -545,7 +565,9 @@ def test_sse_kms_applies_to_put_multipart_and_copies(aws: AwsClients, bucket: st
     destination.upload(S3Target(bucket, "kms-small", kms_key_id=key_arn), iter([b"secret"]))
     destination.upload(S3Target(bucket, "kms-big", kms_key_id=key_arn), generated(11 * MIB))
     destination.copy(SourceObject(bucket, "kms-small", 6), S3Target(bucket, "kms-copy", kms_key_id=key_arn))
-    destination.copy(SourceObject(bucket, "kms-big", 11 * MIB), S3Target(bucket, "kms-mcopy", kms_key_id=key_arn))
+    destination.copy(
+        SourceObject(bucket, "kms-big", 11 * MIB), S3Target(bucket, "kms-mcopy", kms_key_id=key_arn)
+    )
     for key in ("kms-small", "kms-big", "kms-copy", "kms-mcopy"):
         head = aws.s3.head_object(Bucket=bucket, Key=key)
         assert head["ServerSideEncryption"] == "aws:kms", key
@@ -607,8 +629,10 @@ def test_role_credentials_are_cached_refreshed_before_expiry_and_bounded(aws: Aw
 
 
 def test_assume_role_access_denied_is_permanent() -> None:
-    translated = translate_client_error(client_error("AccessDenied", 403, "AssumeRole"), doing="assuming role r")
-    assert isinstance(translated, PermanentError) and translated.reason == ACCESS_DENIED
+    translated = translate_client_error(
+        client_error("AccessDenied", 403, "AssumeRole"), doing="assuming role r"
+    )
+    assert isinstance(translated, PermanentError) and translated.reason == Reason.ACCESS_DENIED
 
 
 # -- server-side copies ----------------------------------------------------------------------------
@@ -616,7 +640,9 @@ def test_copy_object_keeps_envelope_metadata_and_content(aws: AwsClients, unique
     source = make_bucket(aws, f"src-{unique}")
     target_bucket = make_bucket(aws, f"dst-{unique}")
     data = b"".join(generated(300_000, chunk=100_000))
-    aws.s3.put_object(Bucket=source, Key="in/a.bin.enc", Body=data, Metadata=ENVELOPE, ContentType="application/x-enc")
+    aws.s3.put_object(
+        Bucket=source, Key="in/a.bin.enc", Body=data, Metadata=ENVELOPE, ContentType="application/x-enc"
+    )
     listed = aws.s3.list_objects_v2(Bucket=source)["Contents"][0]
     calls = Calls(aws.s3)
 
@@ -654,7 +680,8 @@ def test_multipart_copy_above_the_threshold(aws: AwsClients, unique: str) -> Non
     calls = Calls(aws.s3)
 
     delivered = S3Destination(aws.s3, config=config).copy(
-        SourceObject(source, "big", total), S3Target(target_bucket, "big-copy", bucket_owner_full_control=True)
+        SourceObject(source, "big", total),
+        S3Target(target_bucket, "big-copy", bucket_owner_full_control=True),
     )
 
     assert delivered == Delivered("big-copy", total, None)
@@ -671,11 +698,13 @@ def test_multipart_copy_above_the_threshold(aws: AwsClients, unique: str) -> Non
 def test_failed_part_copy_aborts_the_multipart_copy(single_try_aws: AwsClients, bucket: str) -> None:
     s3 = single_try_aws.s3
     S3Destination(s3, config=SMALL).upload(S3Target(bucket, "src"), generated(16 * MIB))
-    inject_errors(s3, "UploadPartCopy", code="AccessDenied", status=403, when=lambda url: "partNumber=3" in url)
+    inject_errors(
+        s3, "UploadPartCopy", code="AccessDenied", status=403, when=lambda url: "partNumber=3" in url
+    )
     config = TransferConfig(copy_threshold=MIB, copy_part_size=5 * MIB, max_parts_in_flight=2)
     with pytest.raises(PermanentError) as caught:
         S3Destination(s3, config=config).copy(SourceObject(bucket, "src", 16 * MIB), S3Target(bucket, "dst"))
-    assert caught.value.reason == ACCESS_DENIED
+    assert caught.value.reason == Reason.ACCESS_DENIED
     assert_no_leftovers(single_try_aws, bucket, "dst")
 
 
@@ -692,7 +721,9 @@ def test_cancelled_multipart_copy_is_aborted(aws: AwsClients, bucket: str) -> No
 
 
 @pytest.mark.parametrize("operation", ["upload", "copy"])
-def test_an_upload_id_that_cannot_be_recorded_aborts_the_upload(aws: AwsClients, bucket: str, operation: str) -> None:
+def test_an_upload_id_that_cannot_be_recorded_aborts_the_upload(
+    aws: AwsClients, bucket: str, operation: str
+) -> None:
     """The id goes to the ledger the moment the upload exists; if that fails, nothing is left open."""
     S3Destination(aws.s3, config=SMALL).upload(S3Target(bucket, "src"), generated(11 * MIB))
     seen: list[str] = []
@@ -707,7 +738,9 @@ def test_an_upload_id_that_cannot_be_recorded_aborts_the_upload(aws: AwsClients,
         if operation == "upload":
             destination.upload(S3Target(bucket, "dst"), generated(12 * MIB), on_upload_started=refuse)
         else:
-            destination.copy(SourceObject(bucket, "src", 11 * MIB), S3Target(bucket, "dst"), on_upload_started=refuse)
+            destination.copy(
+                SourceObject(bucket, "src", 11 * MIB), S3Target(bucket, "dst"), on_upload_started=refuse
+            )
     assert len(seen) == 1
     assert_no_leftovers(aws, bucket, "dst")
 
@@ -717,7 +750,9 @@ def test_copy_with_cancel_already_set_does_nothing(aws: AwsClients, bucket: str)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(StopRequested):
-        S3Destination(aws.s3, config=SMALL).copy(SourceObject(bucket, "x", 1), S3Target(bucket, "y"), cancel=cancel)
+        S3Destination(aws.s3, config=SMALL).copy(
+            SourceObject(bucket, "x", 1), S3Target(bucket, "y"), cancel=cancel
+        )
     assert sum(calls.counts.values()) == 0
 
 
@@ -764,8 +799,12 @@ class RecordingJournal:
 
 
 def s3_route(aws: AwsClients, bucket: str, *, taken_over: bool = False, **columns: Any) -> S3RouteDestination:
-    route = Route(source_prefix="in/", pipeline_name="p", transfer_type="S3", destination_bucket=bucket, **columns)
-    return S3RouteDestination(S3Destination(aws.s3, config=SMALL), RoleClients(aws), route=route, taken_over=taken_over)
+    route = Route(
+        source_prefix="in/", pipeline_name="p", transfer_type="S3", destination_bucket=bucket, **columns
+    )
+    return S3RouteDestination(
+        S3Destination(aws.s3, config=SMALL), RoleClients(aws), route=route, taken_over=taken_over
+    )
 
 
 def test_s3_route_copies_only_what_nothing_changes(aws: AwsClients, bucket: str) -> None:
@@ -778,9 +817,13 @@ def test_s3_route_copies_only_what_nothing_changes(aws: AwsClients, bucket: str)
 def test_s3_route_records_the_upload_id_at_once_and_done_after(aws: AwsClients, bucket: str) -> None:
     journal = RecordingJournal()
     destination = s3_route(aws, bucket)
-    opened = OpenedObject(size=11 * MIB, metadata=ENVELOPE, content_type="application/x-enc", chunks=generated(11 * MIB))
+    opened = OpenedObject(
+        size=11 * MIB, metadata=ENVELOPE, content_type="application/x-enc", chunks=generated(11 * MIB)
+    )
 
-    delivered = destination.write("out/a", opened.chunks, opened=opened, cancel=threading.Event(), journal=journal)
+    delivered = destination.write(
+        "out/a", opened.chunks, opened=opened, cancel=threading.Event(), journal=journal
+    )
     assert journal.later == []
     destination.record_delivered(delivered, journal=journal)
 

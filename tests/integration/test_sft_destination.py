@@ -20,14 +20,7 @@ from egress.destinations import Delivered
 from egress.destinations import sft as sft_module
 from egress.destinations.routes import SftRouteDestination
 from egress.destinations.sft import AGENT_SKIPPED_SUFFIXES, OwnerRegistry, SftDestination
-from egress.errors import (
-    DISK_SHORT,
-    NAME_COLLISION,
-    UNSAFE_KEY,
-    PermanentError,
-    RetryableError,
-    StopRequested,
-)
+from egress.errors import PermanentError, Reason, RetryableError, StopRequested
 from egress.ledger_table import SENDING, SENT, UNSENT_KEY, WRITTEN, ObjectRecord
 from egress.sources import OpenedObject, SourceObject
 
@@ -60,7 +53,9 @@ def test_nothing_is_visible_until_the_stream_ended(root: Path) -> None:
     delivered = SftDestination(root).write("warehouse/2026-11-22/data.csv", stream())
 
     data = b"".join(lines)
-    assert delivered == Delivered("warehouse/2026-11-22/data.csv", len(data), hashlib.sha256(data).hexdigest())
+    assert delivered == Delivered(
+        "warehouse/2026-11-22/data.csv", len(data), hashlib.sha256(data).hexdigest()
+    )
     assert (folder / "data.csv").read_bytes() == data
     assert os.listdir(folder) == ["data.csv"]
     assert len(seen) == 4
@@ -126,7 +121,15 @@ def test_write_bytes_is_atomic_too(root: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["with space.csv", "a+b=c.csv", "données/été.csv", "日本語/ファイル.txt", "emoji 🚀.bin", "x:y.csv", "a,b@c;d.txt"],
+    [
+        "with space.csv",
+        "a+b=c.csv",
+        "données/été.csv",
+        "日本語/ファイル.txt",
+        "emoji 🚀.bin",
+        "x:y.csv",
+        "a,b@c;d.txt",
+    ],
 )
 def test_names_with_spaces_plus_and_non_ascii(root: Path, name: str) -> None:
     delivered = SftDestination(root).write(name, iter([b"ok"]))
@@ -189,14 +192,16 @@ def test_base_exceptions_in_the_stream_remove_the_temp_file(root: Path, raised: 
     assert files_under(root) == []
 
 
-def test_no_space_while_writing_is_retryable_and_cleaned_up(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_space_while_writing_is_retryable_and_cleaned_up(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full(fd: int, chunk: bytes) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(sft_module, "_write_all", full)
     with pytest.raises(RetryableError) as caught:
         SftDestination(root).write("w/out.bin", iter([b"x"]))
-    assert caught.value.reason == DISK_SHORT
+    assert caught.value.reason == Reason.DISK_SHORT
     assert files_under(root) == []
 
 
@@ -206,10 +211,10 @@ def test_a_folder_in_the_way_is_a_name_collision(root: Path) -> None:
     destination = SftDestination(root)
     with pytest.raises(PermanentError) as caught:
         destination.write("w/taken.csv", iter([b"x"]))
-    assert caught.value.reason == NAME_COLLISION
+    assert caught.value.reason == Reason.NAME_COLLISION
     with pytest.raises(PermanentError) as caught:
         destination.write("file/below.csv", iter([b"x"]))
-    assert caught.value.reason == NAME_COLLISION
+    assert caught.value.reason == Reason.NAME_COLLISION
     assert files_under(root) == ["file"]
 
 
@@ -218,7 +223,7 @@ def test_disk_short_is_retryable_with_figures(root: Path) -> None:
     destination = SftDestination(root, free_space_margin_bytes=1 << 62)
     with pytest.raises(RetryableError) as caught:
         destination.write("w/file.csv", iter([b"x"]), expected_size=10)
-    assert caught.value.reason == DISK_SHORT
+    assert caught.value.reason == Reason.DISK_SHORT
     assert "free" in caught.value.detail and str((1 << 62) + 10) in caught.value.detail
     assert files_under(root) == []
     # A folder that does not exist yet is measured on its nearest existing parent.
@@ -259,7 +264,7 @@ def test_refused_paths(root: Path, relative: str, why: str) -> None:
     destination = SftDestination(root)
     with pytest.raises(PermanentError) as caught:
         destination.resolve(relative)
-    assert caught.value.reason == UNSAFE_KEY
+    assert caught.value.reason == Reason.UNSAFE_KEY
     assert why in caught.value.detail
     with pytest.raises(PermanentError):
         destination.write(relative, iter([b"x"]))
@@ -282,7 +287,7 @@ def test_symlinked_folder_leading_out_is_refused(root: Path, tmp_path: Path) -> 
     destination = SftDestination(root)
     with pytest.raises(PermanentError) as caught:
         destination.write("link/deeper/stolen.csv", iter([b"x"]))
-    assert caught.value.reason == UNSAFE_KEY
+    assert caught.value.reason == Reason.UNSAFE_KEY
     assert "outside the SFT root" in caught.value.detail
     assert list(outside.iterdir()) == []
 
@@ -293,7 +298,7 @@ def test_symlinked_file_leading_out_is_refused(root: Path, tmp_path: Path) -> No
     (root / "file.csv").symlink_to(victim)
     with pytest.raises(PermanentError) as caught:
         SftDestination(root).write("file.csv", iter([b"x"]))
-    assert caught.value.reason == UNSAFE_KEY
+    assert caught.value.reason == Reason.UNSAFE_KEY
     assert victim.read_bytes() == b"keep"
 
 
@@ -335,7 +340,7 @@ def test_any_relative_path_is_refused_or_strictly_inside_the_root(
     try:
         path = SftDestination(root).resolve(relative)
     except PermanentError as exc:
-        assert exc.reason == UNSAFE_KEY
+        assert exc.reason == Reason.UNSAFE_KEY
         return
     real_root = os.path.realpath(root)
     assert os.path.realpath(path).startswith(real_root + os.sep)
@@ -398,7 +403,9 @@ def test_temp_names_carry_the_writers_owner_and_the_record_runs_before_the_renam
     def before_commit(temp_name: str, size: int, sha256: str) -> None:
         seen.append((temp_name, size, sha256, (root / "w" / "a.csv").exists()))
 
-    delivered = SftDestination(root, owners=owners).write("w/a.csv", iter([b"abc"]), before_commit=before_commit)
+    delivered = SftDestination(root, owners=owners).write(
+        "w/a.csv", iter([b"abc"]), before_commit=before_commit
+    )
     [(temp_name, size, sha256, visible)] = seen
     assert temp_name.startswith(".a.csv.c3c3c3c3-") and temp_name.endswith(".part")
     assert (size, sha256, visible) == (3, delivered.sha256, False)
@@ -481,7 +488,9 @@ def test_sft_route_records_the_file_before_the_rename_and_nothing_after(root: Pa
     assert destination.copies(source) is False
     opened = OpenedObject(size=3, metadata={}, content_type=None, chunks=iter([b"abc"]))
 
-    delivered = destination.write("w/a.csv", opened.chunks, opened=opened, cancel=threading.Event(), journal=journal)
+    delivered = destination.write(
+        "w/a.csv", opened.chunks, opened=opened, cancel=threading.Event(), journal=journal
+    )
     destination.record_delivered(delivered, journal=journal)
 
     [(status, recorded, extra, visible)] = journal.now
@@ -526,11 +535,13 @@ def test_sft_route_takeover_sweeps_the_lapsed_claims_temp_files(root: Path) -> N
     leftover.write_bytes(b"x")
     assert sft_route(root).resume({}, reread=lambda name: None, cancel=threading.Event()) == {}
     assert leftover.exists()  # not a takeover: nothing is swept
-    assert sft_route(root, taken_over=True).resume({}, reread=lambda name: None, cancel=threading.Event()) == {}
+    assert (
+        sft_route(root, taken_over=True).resume({}, reread=lambda name: None, cancel=threading.Event()) == {}
+    )
     assert not leftover.exists()
 
 
 def test_sft_route_prepare_checks_free_space(root: Path) -> None:
     with pytest.raises(RetryableError) as caught:
         sft_route(root).prepare(SourceObject("src", "in/huge", 1 << 62), "w/huge")
-    assert caught.value.reason == DISK_SHORT
+    assert caught.value.reason == Reason.DISK_SHORT

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def _imports(module: str) -> set[str]:
             names = [alias.name for alias in node.names]
         else:
             base = _resolve(module, path, node)
-            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+            names = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names
+            ]
         for name in names:
             while name and name not in MODULES:
                 name = name.rpartition(".")[0]
@@ -165,7 +168,9 @@ def test_no_import_cycle() -> None:
     # A package's __init__ importing its own submodules is how packages present
     # themselves, not a cycle between concerns: those edges are left out.
     graph = {
-        module: {t for t in targets if not (MODULES[module].name == "__init__.py" and t.startswith(module + "."))}
+        module: {
+            t for t in targets if not (MODULES[module].name == "__init__.py" and t.startswith(module + "."))
+        }
         for module, targets in GRAPH.items()
     }
     assert _cycles(graph) == []
@@ -182,4 +187,20 @@ def test_module_length(module: str) -> None:
     relative = str(path.relative_to(ROOT))
     if relative in LONG_MODULES:
         return
-    assert lines <= MAX_LINES, f"{relative} has {lines} lines: split it by concern, or name it in LONG_MODULES"
+    assert lines <= MAX_LINES, (
+        f"{relative} has {lines} lines: split it by concern, or name it in LONG_MODULES"
+    )
+
+
+_LOG_CALL = re.compile(r"\.(?:debug|info|warning|error|exception|critical)\(\s*\"([^\"]*)\"", re.S)
+
+
+def test_log_events_have_one_style() -> None:
+    """Event names are snake_case identifiers (``message_received``), in both programs."""
+    odd = sorted(
+        f"{path.relative_to(ROOT)}: {event!r}"
+        for path in MODULES.values()
+        for event in _LOG_CALL.findall(path.read_text(encoding="utf-8"))
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", event)
+    )
+    assert odd == []

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from egress.aws import AwsClients
 from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream
-from egress.errors import UNKNOWN_ENCRYPTION, PermanentError
+from egress.errors import PermanentError, Reason
 from egress.streams import rechunk
 from egress.transforms.decrypt import Decryptor, EncryptionFormat, decrypted_name
 from egress.transforms.esdk import esdk_provider, looks_like_esdk
@@ -137,7 +137,7 @@ def test_common_plain_heads(detector: Decryptor, head: bytes) -> None:
 def test_plain_object_under_decrypt_is_refused(detector: Decryptor) -> None:
     with pytest.raises(PermanentError) as caught:
         list(detector.decrypt(source="s3://b/k", metadata={}, chunks=iter([b"a,b\n", b"1,2\n"])))
-    assert caught.value.reason == UNKNOWN_ENCRYPTION
+    assert caught.value.reason == Reason.UNKNOWN_ENCRYPTION
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

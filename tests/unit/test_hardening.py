@@ -16,12 +16,7 @@ from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from egress.aws import AwsClients, credentials_metadata, refreshable_session
-from egress.errors import (
-    PermanentError,
-    Reason,
-    RetryableError,
-    translate_client_error,
-)
+from egress.errors import PermanentError, Reason, RetryableError, translate_client_error
 
 ROLE_ARN = "arn:aws:iam::210987654321:role/egress-writer"
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/")

@@ -90,7 +90,7 @@ class MultipartCopyTask(MultipartTask):
             upload.complete(window.results(), doing=self._doing)
         except BaseException:
             if not window.stop():
-                log.warning("part copies still running while aborting", target=self._target.uri)
+                log.warning("part_copies_outlive_abort", target=self._target.uri)
             upload.abort()
             raise
         finally:

@@ -100,7 +100,7 @@ class MultipartUpload:
 
     def _log_failed_abort(self, error: Exception) -> None:
         log.error(
-            "could not abort multipart upload",
+            "multipart_abort_failed",
             target=self.target.uri,
             upload_id=self.upload_id,
             error=str(error)[:300],

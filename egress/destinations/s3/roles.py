@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from egress.errors import INVALID_ROUTE, PermanentError, translate_client_error
+from egress.errors import PermanentError, Reason, translate_client_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,7 +54,7 @@ def assume_role(aws: AwsClients, *, role_arn: str, session_name: str) -> Assumed
             RoleArn=role_arn, RoleSessionName=name, DurationSeconds=ROLE_SESSION_SECONDS
         )
     except ParamValidationError as exc:
-        raise PermanentError(INVALID_ROUTE, f"{doing}: {exc}") from exc
+        raise PermanentError(Reason.INVALID_ROUTE, f"{doing}: {exc}") from exc
     except (ClientError, BotoCoreError) as exc:
         raise translate_client_error(exc, doing=doing) from exc
     credentials = response["Credentials"]

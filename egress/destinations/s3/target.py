@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress.errors import INVALID_ROUTE, PermanentError
+from egress.errors import PermanentError, Reason
 
 __all__ = ["S3Target"]
 
@@ -34,7 +34,8 @@ class S3Target:
         # a permanent, operator-fixable failure rather than a crash.
         if not self.bucket or not self.key:
             raise PermanentError(
-                INVALID_ROUTE, f"S3 destination needs a bucket and a key, got {self.bucket!r}/{self.key!r}"
+                Reason.INVALID_ROUTE,
+                f"S3 destination needs a bucket and a key, got {self.bucket!r}/{self.key!r}",
             )
 
     @property

@@ -33,7 +33,7 @@ from egress.destinations.s3.config import MAX_PARTS, MIB
 from egress.destinations.s3.multipart import MultipartTask, MultipartUpload, PartWindow, TransferContext
 from egress.destinations.s3.target import S3Target
 from egress.destinations.s3.utils import b64, call
-from egress.errors import INTEGRITY, OBJECT_TOO_LARGE, PermanentError, StopRequested
+from egress.errors import PermanentError, Reason, StopRequested
 
 __all__ = ["StreamedUploadTask"]
 
@@ -109,7 +109,7 @@ class StreamedUploadTask(MultipartTask):
         number = len(self._window) + 1
         if number > MAX_PARTS:
             raise PermanentError(
-                OBJECT_TOO_LARGE,
+                Reason.OBJECT_TOO_LARGE,
                 f"uploading {self._target.uri}: the stream exceeds {MAX_PARTS} parts of "
                 f"{self._config.part_size // MIB} MiB; raise the part size",
             )
@@ -169,7 +169,8 @@ class StreamedUploadTask(MultipartTask):
         )
         if returned.split("-", 1)[0] != expected:
             raise PermanentError(
-                INTEGRITY, f"completing {self._target.uri}: S3 composite checksum {returned} != {expected}"
+                Reason.INTEGRITY_MISMATCH,
+                f"completing {self._target.uri}: S3 composite checksum {returned} != {expected}",
             )
 
     def _put_single(self) -> None:
@@ -186,12 +187,12 @@ class StreamedUploadTask(MultipartTask):
         returned = response.get("ChecksumSHA256")
         if self._config.send_checksums and returned and returned != checksum:
             raise PermanentError(
-                INTEGRITY, f"writing {self._target.uri}: S3 checksum {returned} != {checksum}"
+                Reason.INTEGRITY_MISMATCH, f"writing {self._target.uri}: S3 checksum {returned} != {checksum}"
             )
 
     def _abort(self) -> None:
         self._pending.clear()
         if self._window is not None and not self._window.stop():
-            log.warning("parts still on the wire while aborting", target=self._target.uri)
+            log.warning("parts_outlive_abort", target=self._target.uri)
         if self._upload is not None:
             self._upload.abort()

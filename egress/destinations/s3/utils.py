@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from egress.errors import AWS_REJECTED, PermanentError, translate_client_error
+from egress.errors import PermanentError, Reason, translate_client_error
 
 __all__ = ["b64", "call", "full_object_sha256", "quoted"]
 
@@ -25,7 +25,7 @@ def call(operation: Callable[..., Any], arguments: Mapping[str, Any], *, doing: 
         return operation(**arguments)
     except ParamValidationError as exc:
         # A request botocore refuses to build will never succeed: not retryable.
-        raise PermanentError(AWS_REJECTED, f"{doing}: {exc}") from exc
+        raise PermanentError(Reason.AWS_REJECTED, f"{doing}: {exc}") from exc
     except (ClientError, BotoCoreError) as exc:
         raise translate_client_error(exc, doing=doing) from exc
 
