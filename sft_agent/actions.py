@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -59,23 +60,16 @@ def apply_rename(action: RenameAction, name: str, *, when: datetime) -> str:
     return f"{folder}/{renamed}" if folder else renamed
 
 
+@dataclass(eq=False)
 class RouteActions:
     """Runs the actions of one route on its claimed files."""
 
-    def __init__(
-        self,
-        route: RouteSettings,
-        *,
-        pushers: dict[int, HttpPusher],
-        stopper: Stopper,
-        metrics: AgentMetrics,
-        chunk_size: int,
-    ) -> None:
-        self.route = route
-        self.pushers = pushers
-        self.stopper = stopper
-        self.metrics = metrics
-        self.chunk_size = chunk_size
+    route: RouteSettings
+    _: KW_ONLY
+    pushers: dict[int, HttpPusher]
+    stopper: Stopper
+    metrics: AgentMetrics
+    chunk_size: int
 
     def run(self, claimed: ClaimedFile, state: FileState, *, save: Callable[[FileState], None]) -> str:
         """Every action not yet done; returns the name after the last rename.

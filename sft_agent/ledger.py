@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,24 +107,19 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(eq=False)
 class LedgerRecorder:
     """Writes the agent's progress on object rows from one background thread; checks unsent files."""
 
-    def __init__(
-        self,
-        settings: LedgerSettings,
-        *,
-        dynamodb: DynamoDBClient,
-        agent_id: str,
-        metrics: AgentMetrics,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.dynamodb = dynamodb
-        self.agent_id = agent_id
-        self.metrics = metrics
-        self.clock = clock
-        self.log = structlog.get_logger("sft_agent.ledger").bind(table=settings.table)
+    settings: LedgerSettings
+    _: KW_ONLY
+    dynamodb: DynamoDBClient
+    agent_id: str
+    metrics: AgentMetrics
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.log = structlog.get_logger("sft_agent.ledger").bind(table=self.settings.table)
         self._queue: queue.Queue[_Update | None] = queue.Queue(maxsize=_QUEUE_SIZE)
         self._rows: dict[FileKey, list[dict[str, Any]]] = {}  # row keys found for files in progress
         self._not_found: set[FileKey] = set()
@@ -132,7 +127,7 @@ class LedgerRecorder:
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._checker = threading.Thread(target=self._check_loop, name="ledger-unsent", daemon=True)
-        metrics.register_ledger()
+        self.metrics.register_ledger()
 
     # -- life ----------------------------------------------------------------------------
 

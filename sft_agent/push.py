@@ -23,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -92,24 +92,19 @@ def _printable(text: str, limit: int = 200) -> str:
     return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
 
 
+@dataclass(eq=False)
 class HttpPusher:
     """Sends files for one ``http`` action of one route (thread-safe; one connection per send)."""
 
-    def __init__(
-        self,
-        action: HttpAction,
-        *,
-        tls: ReloadingClientContext,
-        stopper: Stopper,
-        chunk_size: int,
-        max_idle: int = 4,
-    ) -> None:
-        self.action = action
-        self.tls = tls
-        self.stopper = stopper
-        self.chunk_size = chunk_size
-        self.max_idle = max_idle
-        parts = urlsplit(action.url)
+    action: HttpAction
+    _: KW_ONLY
+    tls: ReloadingClientContext
+    stopper: Stopper
+    chunk_size: int
+    max_idle: int = 4
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.action.url)
         self.host = parts.hostname or ""
         self.port = parts.port or 443
         self.base_path = parts.path or "/"

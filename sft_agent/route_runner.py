@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,31 +56,23 @@ _TAKEOVER_EVERY = 5.0
 _ROUTE_STATUS_EVERY = 60.0
 
 
+@dataclass(eq=False)
 class RouteRunner:
     """Everything one route does: scan, claim, act, finish, retry, park — and keep nothing stranded."""
 
-    def __init__(
-        self,
-        route: RouteSettings,
-        *,
-        claims: ClaimFolder,
-        states: StateStore,
-        actions: RouteActions,
-        metrics: AgentMetrics,
-        stopper: Stopper,
-        ledger: LedgerRecorder | None = None,
-        clock: Callable[[], float] = time.time,
-        spread: Callable[[], float] = random.random,
-    ) -> None:
-        self.route = route
-        self.claims = claims
-        self.states = states
-        self.actions = actions
-        self.metrics = metrics
-        self.stopper = stopper
-        self.ledger = ledger
-        self.clock = clock
-        self.spread = spread
+    route: RouteSettings
+    _: KW_ONLY
+    claims: ClaimFolder
+    states: StateStore
+    actions: RouteActions
+    metrics: AgentMetrics
+    stopper: Stopper
+    ledger: LedgerRecorder | None = None
+    clock: Callable[[], float] = time.time
+    spread: Callable[[], float] = random.random
+
+    def __post_init__(self) -> None:
+        route = self.route
         self.scanner = ReadyScanner(
             route.source,
             filename_regex=route.filename_regex,
@@ -89,8 +82,8 @@ class RouteRunner:
         self.log = structlog.get_logger("sft_agent").bind(route=route.name)
         self.prehasher = Prehasher(
             route.source,
-            chunk_size=actions.chunk_size,
-            should_stop=lambda: stopper.stop_requested,
+            chunk_size=self.actions.chunk_size,
+            should_stop=lambda: self.stopper.stop_requested,
             name=route.name,
         )
         self._queue: queue.Queue[Candidate | None] = queue.Queue()

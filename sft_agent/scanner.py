@@ -14,7 +14,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from egress.kernel.tempnames import is_hidden_or_temp
@@ -41,25 +41,18 @@ class ScanResult:
     names: frozenset[str] = frozenset()
 
 
+@dataclass(eq=False)
 class ReadyScanner:
     """Scans one folder repeatedly, remembering how long each file has looked the same."""
 
-    def __init__(
-        self,
-        folder: Path,
-        *,
-        filename_regex: re.Pattern[str],
-        min_age: float,
-        recursive: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.folder = folder
-        self.filename_regex = filename_regex
-        self.min_age = min_age
-        self.recursive = recursive
-        self.clock = clock
-        # name → (size, mtime_ns, first time this agent saw exactly that size and mtime)
-        self._seen: dict[str, tuple[int, int, float]] = {}
+    folder: Path
+    _: KW_ONLY
+    filename_regex: re.Pattern[str]
+    min_age: float
+    recursive: bool = False
+    clock: Callable[[], float] = time.monotonic
+    # name → (size, mtime_ns, first time this agent saw exactly that size and mtime)
+    _seen: dict[str, tuple[int, int, float]] = field(default_factory=dict, init=False, repr=False)
 
     def _entries(self, folder: Path, prefix: str, skipped: list[str]) -> Iterator[tuple[str, os.stat_result]]:
         try:

@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -132,6 +133,7 @@ def days_until(moment: datetime, *, now: datetime | None = None) -> float:
     return (moment - (now or datetime.now(UTC))).total_seconds() / 86400.0
 
 
+@dataclass(eq=False)
 class ReloadingClientContext:
     """A route's client context, rebuilt when its certificate, key or CA file changes on disk.
 
@@ -140,21 +142,16 @@ class ReloadingClientContext:
     the error through ``on_error`` (the old certificate may still be valid).
     """
 
-    def __init__(
-        self,
-        settings: TlsSettings,
-        *,
-        prefix: str = "tls",
-        check_every: float = 30.0,
-        on_error: Callable[[str], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.prefix = prefix
-        self.check_every = check_every
-        self.on_error = on_error
+    settings: TlsSettings
+    _: KW_ONLY
+    prefix: str = "tls"
+    check_every: float = 30.0
+    on_error: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._stamp = self._file_stamp()
-        self._context = client_context(settings, prefix=prefix)
+        self._context = client_context(self.settings, prefix=self.prefix)
         self._checked = time.monotonic()
 
     def _file_stamp(self) -> tuple[tuple[int, int], ...]:

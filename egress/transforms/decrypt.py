@@ -259,9 +259,7 @@ class Decryptor:
             blob = base64.b64decode(meta["ciphertext"], validate=True)
             iv = base64.b64decode(meta["iv"], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise PermanentError(
-                Reason.AUTHENTICATION_FAILED, f"{source}: envelope metadata is not valid base64"
-            ) from exc
+            raise _not_authentic(f"{source}: envelope metadata is not valid base64") from exc
         if len(iv) != 16:
             raise PermanentError(
                 Reason.AUTHENTICATION_FAILED, f"{source}: envelope iv is {len(iv)} bytes, not 16"
@@ -296,9 +294,7 @@ class Decryptor:
         except ClientError as exc:
             raise _kms_error(source, exc) from exc
         except BotoCoreError as exc:
-            raise RetryableError(
-                Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
-            ) from exc
+            raise _kms_unreachable(source, exc) from exc
         data_key = bytes(response["Plaintext"])
         if len(data_key) != 32:
             raise PermanentError(
@@ -338,23 +334,16 @@ class Decryptor:
         except DecryptKeyError as exc:
             raise self._no_data_key(source, list(failures)) from exc
         except (InvalidTag, InvalidSignature) as exc:
-            raise PermanentError(
-                Reason.AUTHENTICATION_FAILED, f"{source}: authentication failed ({type(exc).__name__})"
-            ) from exc
+            raise _not_authentic(f"{source}: authentication failed ({type(exc).__name__})") from exc
         except ClientError as exc:
             raise _kms_error(source, exc) from exc
         except BotoCoreError as exc:
-            raise RetryableError(
-                Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
-            ) from exc
+            raise _kms_unreachable(source, exc) from exc
         except EsdkBodyError as exc:
-            raise PermanentError(
-                Reason.AUTHENTICATION_FAILED, f"{source}: not a valid Encryption SDK message: {exc}"
-            ) from exc
+            raise _not_authentic(f"{source}: not a valid Encryption SDK message: {exc}") from exc
         except AWSEncryptionSDKClientError as exc:
-            raise PermanentError(
-                Reason.AUTHENTICATION_FAILED,
-                f"{source}: not a valid Encryption SDK message ({type(exc).__name__})",
+            raise _not_authentic(
+                f"{source}: not a valid Encryption SDK message ({type(exc).__name__})"
             ) from exc
         finally:
             failures.clear()
@@ -418,21 +407,15 @@ class Decryptor:
                     continue
                 raise _kms_error(source, exc) from exc
             except S3EncryptionClientSecurityError as exc:
-                raise PermanentError(
-                    Reason.AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client: {exc}"
-                ) from exc
+                raise _not_authentic(f"{source}: S3 Encryption Client: {exc}") from exc
             except S3EncryptionClientError as exc:
                 raise PermanentError(
                     Reason.UNKNOWN_ENCRYPTION, f"{source}: S3 Encryption Client: {exc}"
                 ) from exc
             except BotoCoreError as exc:
-                raise RetryableError(
-                    Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})"
-                ) from exc
+                raise _kms_unreachable(source, exc) from exc
             except (binascii.Error, ValueError) as exc:
-                raise PermanentError(
-                    Reason.AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client metadata is malformed"
-                ) from exc
+                raise _not_authentic(f"{source}: S3 Encryption Client metadata is malformed") from exc
             return self._s3ec_stream(source, body)
         raise PermanentError(
             Reason.KEY_NOT_ALLOWED,
@@ -445,14 +428,9 @@ class Decryptor:
             while piece := body.read(self._chunk_size):
                 yield piece
         except S3EncryptionClientSecurityError as exc:
-            raise PermanentError(
-                Reason.AUTHENTICATION_FAILED, f"{source}: authentication failed (GCM tag)"
-            ) from exc
+            raise _not_authentic(f"{source}: authentication failed (GCM tag)") from exc
         except (S3EncryptionClientError, IncompleteReadError) as exc:
-            raise PermanentError(
-                Reason.AUTHENTICATION_FAILED,
-                f"{source}: S3 Encryption Client object is truncated or malformed",
-            ) from exc
+            raise _not_authentic(f"{source}: S3 Encryption Client object is truncated or malformed") from exc
 
     @staticmethod
     def _no_data_key(source: str, failures: list[ClientError]) -> EgressError:
@@ -485,15 +463,22 @@ def _s3ec_stored_context(source: str, meta: Mapping[str, str]) -> dict[str, str]
     try:
         stored = json.loads(raw)
     except ValueError as exc:
-        raise PermanentError(
-            Reason.AUTHENTICATION_FAILED, f"{source}: S3 Encryption Client encryption context is not JSON"
-        ) from exc
+        raise _not_authentic(f"{source}: S3 Encryption Client encryption context is not JSON") from exc
     if not isinstance(stored, dict):
         raise PermanentError(
             Reason.AUTHENTICATION_FAILED,
             f"{source}: S3 Encryption Client encryption context is not an object",
         )
     return {k: str(v) for k, v in stored.items() if k not in _S3EC_RESERVED_CONTEXT}
+
+
+def _kms_unreachable(source: str, exc: BaseException) -> RetryableError:
+    return RetryableError(Reason.KMS_UNAVAILABLE, f"{source}: KMS unreachable ({type(exc).__name__})")
+
+
+def _not_authentic(detail: str) -> PermanentError:
+    """The object is not what its format promises (tampered, truncated, malformed): never delivered."""
+    return PermanentError(Reason.AUTHENTICATION_FAILED, detail)
 
 
 def _kms_error(source: str, exc: ClientError) -> EgressError:

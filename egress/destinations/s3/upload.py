@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
 
 from egress.destinations.base import Delivered, close_abandoned, raise_if_cancelled
 from egress.destinations.s3.config import MAX_PARTS, MIB
-from egress.destinations.s3.multipart import MultipartTask, MultipartUpload, PartWindow, TransferContext
-from egress.destinations.s3.target import S3Target
+from egress.destinations.s3.multipart import MultipartTask, MultipartUpload, PartWindow
 from egress.destinations.s3.utils import b64, call
 from egress.errors import PermanentError, Reason, StopRequested
 
@@ -43,15 +41,8 @@ log = structlog.get_logger("egress.destinations.s3")
 class StreamedUploadTask(MultipartTask):
     """One streamed upload of a chunk iterator to ``target`` (run once with :meth:`run`)."""
 
-    def __init__(
-        self,
-        context: TransferContext,
-        target: S3Target,
-        *,
-        cancel: threading.Event | None = None,
-        on_upload_started: Callable[[str], None] | None = None,
-    ) -> None:
-        super().__init__(context, target, cancel=cancel, on_upload_started=on_upload_started)
+    def run(self, chunks: Iterable[bytes]) -> Delivered:
+        """Upload ``chunks``; see :meth:`egress.destinations.s3.S3Destination.upload`."""
         self._whole = hashlib.sha256()
         self._size = 0
         # The part being filled: views into the chunks received, joined once when full.
@@ -59,9 +50,6 @@ class StreamedUploadTask(MultipartTask):
         self._pending_size = 0
         self._upload: MultipartUpload | None = None
         self._window: PartWindow[dict[str, Any]] | None = None
-
-    def run(self, chunks: Iterable[bytes]) -> Delivered:
-        """Upload ``chunks``; see :meth:`egress.destinations.s3.S3Destination.upload`."""
         try:
             raise_if_cancelled(self._cancel)
             for chunk in chunks:
