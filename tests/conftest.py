@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from egress.aws import AwsClients, AwsConfig, build_clients
+from tests.support.ports import free_port
 
 REGION = "eu-west-2"
 
@@ -20,18 +20,13 @@ REGION = "eu-west-2"
 gc.set_threshold(200_000, 50, 100)
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _aws_test_credentials() -> Iterator[None]:
     """Fake credentials so no test can ever reach a real account."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
+    }
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105 - moto's fake credentials

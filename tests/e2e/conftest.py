@@ -19,7 +19,8 @@ import pytest
 from egress.aws import AwsClients
 from egress.ledger_table import create_ledger_table
 from egress.routing import create_routes_table
-from tests.conftest import REGION, free_port
+from tests.conftest import REGION
+from tests.support.ports import free_port
 
 FLAG = "pipeline_success.flag"
 

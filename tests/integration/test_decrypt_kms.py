@@ -24,7 +24,8 @@ from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_
 from egress.errors import PermanentError, Reason, RetryableError
 from egress.streams import rechunk
 from egress.transforms.decrypt import Decryptor, EncryptionFormat
-from tests.conftest import REGION, free_port
+from tests.conftest import REGION
+from tests.support.ports import free_port
 
 # Odd length, several ESDK frames (4 KiB default frame) and many CTR blocks.
 PLAIN = os.urandom(1024 * 1024 + 4096 * 3 + 17)
