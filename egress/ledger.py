@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import EgressError, Reason, RetryableError, error_code, translate_client_error
+from egress.kernel.timefmt import iso_from_epoch
 from egress.ledger_table import (
     DELIVERED,
     FAILED,
@@ -105,10 +105,6 @@ class DeliveryKey:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
 def _route_key(key: DeliveryKey) -> dict[str, Any]:
     return {"delivery_id": {"S": key.delivery_id}, "record": {"S": ROUTE_RECORD}}
 
@@ -165,7 +161,7 @@ class Ledger:
             ":now": {"N": str(int(now))},
             ":delivered": {"S": DELIVERED},
             ":in_progress": {"S": IN_PROGRESS},
-            ":started": {"S": _iso(now)},
+            ":started": {"S": iso_from_epoch(now, timespec="seconds")},
             ":expires": {"N": str(int(now + self._ttl))},
             ":bucket": {"S": key.bucket},
             ":flag": {"S": key.flag_key},
@@ -246,7 +242,7 @@ class Ledger:
             "bytes_delivered = :bytes, lease_until = :zero REMOVE last_reason",
             {
                 ":delivered": {"S": DELIVERED},
-                ":finished": {"S": _iso(self._clock())},
+                ":finished": {"S": iso_from_epoch(self._clock(), timespec="seconds")},
                 ":objects": {"N": str(objects)},
                 ":bytes": {"N": str(size)},
                 ":zero": {"N": "0"},
@@ -265,7 +261,7 @@ class Ledger:
                 ":failed": {"S": FAILED},
                 ":reason": {"S": reason},
                 ":zero": {"N": "0"},
-                ":at": {"S": _iso(self._clock())},
+                ":at": {"S": iso_from_epoch(self._clock(), timespec="seconds")},
             },
             doing="releasing a ledger row",
             names={"#status": "status"},
@@ -303,7 +299,7 @@ class Ledger:
             "source_key": source_key,
             "size": size,
             "claim": self.token(key),
-            "written_at": _iso(now),
+            "written_at": iso_from_epoch(now, timespec="seconds"),
             "written_epoch": int(now),
             "expires_at": int(now + self._ttl),
         }

@@ -39,6 +39,11 @@ def _timestamped(name: str, when: datetime) -> str:
     return f"{folder}/{stamped}" if folder else stamped
 
 
+def decrypted_name(key: str) -> str:
+    """The name of an object once decrypted: a trailing ``.enc`` dropped (never the whole name)."""
+    return key[:-4] if key.endswith(".enc") and len(key.rsplit("/", 1)[-1]) > 4 else key
+
+
 def relative_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
     """The object's name below the destination prefix."""
     if not key.startswith(match.resolved_source_prefix):
@@ -47,8 +52,8 @@ def relative_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
         )
     route = match.route
     name = key[len(match.resolved_source_prefix) :]
-    if route.decrypt and name.endswith(".enc") and len(name.rsplit("/", 1)[-1]) > len(".enc"):
-        name = name[: -len(".enc")]
+    if route.decrypt:
+        name = decrypted_name(name)
     if route.timestamp_files:
         name = _timestamped(name, event_time)
     if route.compress:

@@ -6,11 +6,11 @@ import contextlib
 import json
 import os
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from egress.kernel.fsutil import write_atomically
+from egress.kernel.timefmt import iso_from_epoch
 from sft_agent.errors import DeliveryError
 from sft_agent.files import free_name, move
 from sft_agent.settings import RouteSettings
@@ -46,14 +46,10 @@ def error_report(
         "max_attempts": route.retry.max_attempts,
         "size": state.size if state else None,
         "sha256": state.digest if state else None,
-        "first_claimed_at": _iso(state.first_claimed_at) if state else None,
-        "failed_at": _iso(failed_at),
+        "first_claimed_at": iso_from_epoch(state.first_claimed_at) if state else None,
+        "failed_at": iso_from_epoch(failed_at),
         "actions_done": state.done_actions if state else [],
     }
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 class ErrorFolder:

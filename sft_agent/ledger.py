@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from egress.kernel.timefmt import iso_from_epoch
 from egress.ledger_table import (
     PARKED,
     RETRY,
@@ -90,10 +90,6 @@ class _Update:
     status: str
     at: float
     values: dict[str, str | int | None] = field(default_factory=dict)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def _attribute(value: str | int) -> dict[str, str]:
@@ -293,7 +289,7 @@ class LedgerRecorder:
         sets = ["#status = :status", "#agent = :agent"]
         for name, value in update.values.items():
             if name.endswith("_at"):
-                value = _iso(update.at)  # times are the update's own
+                value = iso_from_epoch(update.at)  # times are the update's own
             if value is None:
                 continue
             names[f"#{name}"] = name

@@ -19,6 +19,6 @@ def parse_iso8601(value: str) -> datetime:
         raise ValueError(f"{value[:40]!r} is out of range") from exc
 
 
-def utc_now_iso() -> str:
-    """Now, as ISO 8601 in UTC with seconds."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def iso_from_epoch(epoch: float, *, timespec: str = "auto") -> str:
+    """An epoch time as ISO 8601 in UTC (``timespec`` as :meth:`datetime.isoformat` takes it)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec=timespec)

@@ -107,11 +107,6 @@ _KMS_RETRY_CODES = frozenset(
 )
 
 
-def decrypted_name(key: str) -> str:
-    """The name of an object once decrypted: a trailing ``.enc`` dropped."""
-    return key[:-4] if key.endswith(".enc") and len(key.rsplit("/", 1)[-1]) > 4 else key
-
-
 def _strip_meta(metadata: Mapping[str, str]) -> dict[str, str]:
     prefix = "x-amz-meta-"
     return {

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from egress.aws import AwsClients
 from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream
 from egress.errors import PermanentError, Reason
+from egress.plan import decrypted_name
 from egress.streams import rechunk
-from egress.transforms.decrypt import Decryptor, EncryptionFormat, decrypted_name
+from egress.transforms.decrypt import Decryptor, EncryptionFormat
 from egress.transforms.esdk import esdk_provider, looks_like_esdk
 
 ENVELOPE_META = {"datakeyencryptionkeyid": "k", "ciphertext": "Y2lwaGVy", "iv": "aXY="}

@@ -53,3 +53,15 @@ def test_every_module_is_in_the_readme_table() -> None:
 def test_every_module_the_readme_names_exists() -> None:
     gone = sorted(path for path in _named_paths() if not (ROOT / path).exists())
     assert gone == []
+
+
+def test_every_worker_variable_is_in_the_readme() -> None:
+    from egress.settings import environment_variables
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = sorted(
+        name
+        for name in environment_variables()
+        if f"`{name}`" not in text and not (name.endswith("_MAX_SECONDS") and "`_MAX_SECONDS`" in text)
+    )
+    assert missing == []
