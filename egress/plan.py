@@ -1,23 +1,27 @@
 """Which objects a route delivers, and the destination name of each.
 
 The name keeps the object's path relative to the row's resolved source prefix (so a
-``*`` row keeps the sub-folders below it; nothing is flattened), drops ``.enc`` from
-objects delivered decrypted, inserts the event date when ``timestamp_files`` is set
-(``data.csv`` → ``data_20261122.csv``: before the first dot of the file name), adds
-``.gz``/``.zst`` when compressing, and is prefixed by the resolved destination prefix:
-as is for S3 (a key prefix), as a folder for SFT.
+``*`` row keeps the sub-folders below it; nothing is flattened), inserts the event date
+when ``timestamp_files`` is set (as the replaced system did, DESIGN §12:
+``x.json.gz.enc`` → ``x.json.20261122.gz.enc``), drops ``.enc`` from objects delivered
+decrypted, adds ``.gz``/``.zst`` when compressing, and is prefixed by the resolved
+destination prefix: as is for S3 (a key prefix), as a folder for SFT. The manifest and
+the control file go to the flag's own folder at the destination, beside the files they
+describe.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from egress.errors import PermanentError, Reason
+from egress.kernel.placeholders import resolve_placeholders
 from egress.names import s3_key_problem, sft_path_problem
-from egress.routing import RouteMatch, folder_problems
+from egress.routing import RouteMatch, file_name_problems, folder_problems
 from egress.sources import SourceObject
 
 _SUFFIXES = {"gz": ".gz", "zstd": ".zst"}
@@ -31,12 +35,29 @@ class DeliveryItem:
     destination_name: str
 
 
-def _timestamped(name: str, when: datetime) -> str:
-    folder, _, leaf = name.rpartition("/")
-    hidden = "." if leaf.startswith(".") else ""
-    stem, dot, extensions = leaf[len(hidden) :].partition(".")
-    stamped = f"{hidden}{stem}_{when.strftime('%Y%m%d')}{dot}{extensions}"
-    return f"{folder}/{stamped}" if folder else stamped
+# The trailing run of extensions of 1-3 characters each (".json" is not one): the replaced
+# system's ((\.[^.]{1,3})+)$, kept to the file's own name.
+_EXTENSIONS = re.compile(r"(?:\.[^./]{1,3})+$")
+
+
+def timestamped_name(name: str, when: datetime) -> str:
+    """``name`` with the date of ``when`` (``.YYYYMMDD``) inserted as the replaced system did.
+
+    The date goes before the trailing run of extensions of 1-3 characters each
+    (``x.json.gz.enc`` → ``x.json.20240131.gz.enc``); a name without one gets it appended
+    (``report`` → ``report.20240131``, ``data.json`` → ``data.json.20240131``). Folders in
+    ``name`` are left alone, and the leading dot of a hidden name is not an extension.
+    """
+    folder, slash, leaf = name.rpartition("/")
+    body = leaf.lstrip(".")
+    hidden = leaf[: len(leaf) - len(body)]
+    stamp = when.strftime(".%Y%m%d")
+    extensions = _EXTENSIONS.search(body)
+    if extensions is not None and extensions.start() > 0:
+        body = body[: extensions.start()] + stamp + body[extensions.start() :]
+    else:
+        body += stamp
+    return f"{folder}{slash}{hidden}{body}"
 
 
 def decrypted_name(key: str) -> str:
@@ -52,10 +73,12 @@ def relative_name(match: RouteMatch, key: str, *, event_time: datetime) -> str:
         )
     route = match.route
     name = key[len(match.resolved_source_prefix) :]
+    # Timestamp first, then drop .enc: the order DESIGN §12 states (the result is the same
+    # either way, since ".enc" is always part of the run the date goes before).
+    if route.timestamp_files:
+        name = timestamped_name(name, event_time)
     if route.decrypt:
         name = decrypted_name(name)
-    if route.timestamp_files:
-        name = _timestamped(name, event_time)
     if route.compress:
         name += _SUFFIXES.get(route.compress_fmt or "gz", "")
     return name
@@ -75,12 +98,57 @@ def destination_name(match: RouteMatch, key: str, *, event_time: datetime) -> st
 
 
 def manifest_name(match: RouteMatch) -> str | None:
-    """Where the route's manifest goes: the flag's own folder at the destination (``*`` rows too)."""
-    manifest = match.route.manifest_file_name
+    """Where the route's manifest goes: the flag's own folder at the destination (``*`` rows too).
+
+    Its name is ``manifest_file_name`` with the placeholders resolved from the event time
+    (the replaced system's rows write ``manifest-$TODAYS_YYYYMMDD_FORMATTED_DATE.json``).
+    """
+    manifest = match.manifest_file_name or match.route.manifest_file_name
     if not manifest:
         return None
+    return _in_flag_folder(match, manifest)
+
+
+def control_file_name(match: RouteMatch, *, event_time: datetime) -> str | None:
+    """Where the route's control file goes (S3 key or path under the SFT root), or None.
+
+    ``control_file_prefix`` with ``$TODAYS_DATE`` as ``YYYYMMDD`` (the replaced system's
+    format for this name alone) and the other placeholders as usual, in the flag's own
+    folder at the destination, beside the files it lists (for an exact row, and a ``*``
+    row whose flag sits at the row's prefix, that is the destination folder itself).
+    Raises ``PermanentError(invalid_route)`` for a name that is not a plain file name.
+    """
+    template = match.route.control_file_prefix
+    if not template:
+        return None
+    # "$TODAYS_DATE" is no part of the longer placeholder names, so it can go first.
+    name = resolve_placeholders(template.replace("$TODAYS_DATE", event_time.strftime("%Y%m%d")), event_time)
+    problems = file_name_problems(name, column="control_file_prefix")
+    if problems:
+        raise PermanentError(Reason.INVALID_ROUTE, "; ".join(problems))
+    return _in_flag_folder(match, name)
+
+
+def control_file_body(names: Iterable[str]) -> bytes:
+    """The control file's body: each delivered file's base name on a line of its own, ``\n``-terminated.
+
+    Raises ``PermanentError(unsafe_key)`` for a name holding a line break, which would
+    read as two names.
+    """
+    lines = []
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if "\n" in base or "\r" in base:
+            raise PermanentError(
+                Reason.UNSAFE_KEY, f"{base!r} holds a line break: it cannot be listed in a control file"
+            )
+        lines.append(base + "\n")
+    return "".join(lines).encode("utf-8")
+
+
+def _in_flag_folder(match: RouteMatch, name: str) -> str:
     flag_folder = match.delivery_prefix[len(match.resolved_source_prefix) :]
-    return _under_destination(match, flag_folder + manifest, source_key=match.delivery_prefix + manifest)
+    return _under_destination(match, flag_folder + name, source_key=match.delivery_prefix + name)
 
 
 def _under_destination(match: RouteMatch, name: str, *, source_key: str) -> str:

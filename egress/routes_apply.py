@@ -16,7 +16,7 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import PermanentError, Reason, translate_client_error
-from egress.routing import Route, delete_route, put_route, scan_routes
+from egress.routing import DEFAULT_SFT_ROOT, Route, delete_route, put_route, scan_routes
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -38,18 +38,19 @@ def read_yaml_file(path: Path) -> Any:
         raise PermanentError(Reason.BAD_FILE, f"cannot read {path}: {exc}") from exc
 
 
-def read_routes_file(path: Path) -> list[Route]:
+def read_routes_file(path: Path, *, sft_root: Path = DEFAULT_SFT_ROOT) -> list[Route]:
     """The rows of a routes file (``routes:`` and a list of rows), each valid and each key once.
 
-    Raises :class:`RoutesFileRefused` naming every bad row, or ``PermanentError`` if the
-    file cannot be read.
+    ``sft_root`` is the workers' SFT root (absolute SFT folders must be under it). Raises
+    :class:`RoutesFileRefused` naming every bad row, or ``PermanentError`` if the file
+    cannot be read.
     """
     loaded = read_yaml_file(path)
     rows = loaded.get("routes") if isinstance(loaded, dict) else None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise RoutesFileRefused(f"{path} must hold `routes:` followed by a list of rows")
     wanted = [Route.from_plain(row) for row in rows]
-    refused = [(route, problems) for route in wanted if (problems := route.problems())]
+    refused = [(route, problems) for route in wanted if (problems := route.problems(sft_root=sft_root))]
     keys = [(r.source_prefix, r.pipeline_name) for r in wanted]
     duplicates = sorted({key for key in keys if keys.count(key) > 1})
     if refused or duplicates:
@@ -79,7 +80,8 @@ def all_routes(dynamodb: DynamoDBClient, table: str) -> list[Route]:
 def route_destination(route: Route) -> str:
     """Where a row delivers, for people: ``s3://bucket/prefix`` or ``sft:folder``."""
     if route.transfer_type == "S3":
-        return f"s3://{route.destination_bucket}/{route.destination_prefix}"
+        # A leading '/' is dropped from S3 keys ("/" is the bucket's root): shown as delivered.
+        return f"s3://{route.destination_bucket}/{route.destination_prefix.lstrip('/')}"
     return f"sft:{route.destination_prefix}"
 
 
@@ -103,6 +105,7 @@ class RoutesPlan:
     removed: tuple[Route, ...]
     unchanged: int
     kept: int  # rows in the table only, kept because pruning was not asked for
+    warnings: tuple[str, ...] = ()  # one line per warning of a wanted row (they do not stop it)
 
     @property
     def has_changes(self) -> bool:
@@ -158,9 +161,21 @@ def plan_routes(
         removed=removed,
         unchanged=len(wanted) - len(added) - len(changed),
         kept=len(current) - len(wanted_keys & set(current)) - len(removed),
+        warnings=tuple(
+            f"warning: {r.source_prefix} / {r.pipeline_name}: {warning}"
+            for r in wanted
+            for warning in r.warnings()
+        ),
     )
 
 
-def plan_routes_file(dynamodb: DynamoDBClient, path: Path, *, table: str, prune: bool = False) -> RoutesPlan:
+def plan_routes_file(
+    dynamodb: DynamoDBClient,
+    path: Path,
+    *,
+    table: str,
+    prune: bool = False,
+    sft_root: Path = DEFAULT_SFT_ROOT,
+) -> RoutesPlan:
     """Read and check a routes file, then plan making ``table`` match it (nothing written yet)."""
-    return plan_routes(dynamodb, read_routes_file(path), table=table, prune=prune)
+    return plan_routes(dynamodb, read_routes_file(path, sft_root=sft_root), table=table, prune=prune)

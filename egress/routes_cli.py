@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from egress.errors import EgressError, PermanentError, translate_client_error
 from egress.kernel.s3uri import parse_s3_uri
 from egress.kernel.timefmt import parse_iso8601
 from egress.messages import FlagEvent
-from egress.plan import destination_name
+from egress.plan import control_file_name, destination_name, manifest_name
 from egress.routes_apply import (
     RoutesFileRefused,
     all_routes,
@@ -26,7 +27,7 @@ from egress.routes_apply import (
     read_yaml_file,
     route_destination,
 )
-from egress.routing import Route, RouteTable, delete_route, get_route, put_route
+from egress.routing import DEFAULT_SFT_ROOT, Route, RouteMatch, RouteTable, delete_route, get_route, put_route
 from egress.sources import list_objects
 
 TABLE_COLUMNS = ("source_prefix", "pipeline_name", "transfer_type", "recipient_name", "destination", "flags")
@@ -43,8 +44,11 @@ PUT_TEXT_COLUMNS = (
     "role_arn",
     "destination_kms_key_id",
     "manifest_file_name",
+    "manifest_file_encryption",
+    "control_file_prefix",
+    "encrypting_key_ssm_parm_name",
 )
-PUT_FLAG_COLUMNS = ("decrypt", "compress", "timestamp_files")
+PUT_FLAG_COLUMNS = ("decrypt", "compress", "timestamp_files", "rewrap_datakey")
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +64,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     get.add_argument("source_prefix")
     get.add_argument("pipeline_name")
     _output(get, default="yaml")
+    _sft_root(get)
     get.set_defaults(handler=_get)
 
     put = sub.add_parser("put", help="write one row (validated first)")
@@ -69,6 +74,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     for flag in PUT_FLAG_COLUMNS:
         put.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action=argparse.BooleanOptionalAction)
     put.add_argument("--disabled", action="store_true", help="keep the row but deliver nothing")
+    _sft_root(put)
     put.set_defaults(handler=_put)
 
     delete = sub.add_parser("delete", help="delete one row")
@@ -76,8 +82,11 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     delete.add_argument("pipeline_name")
     delete.set_defaults(handler=_delete)
 
-    validate = sub.add_parser("validate", help="check every row; exit 1 if any is invalid")
+    validate = sub.add_parser(
+        "validate", help="check every row; exit 1 if any is invalid (warnings alone do not fail)"
+    )
     _output(validate)
+    _sft_root(validate)
     validate.set_defaults(handler=_validate)
 
     explain = sub.add_parser("explain", help="which rows match a flag and what each object would be named")
@@ -86,6 +95,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     explain.add_argument("--flag-name", default="pipeline_success.flag")
     explain.add_argument("--limit", type=int, default=200, help="objects listed per route at most")
     _output(explain)
+    _sft_root(explain)
     explain.set_defaults(handler=_explain)
 
     export = sub.add_parser("export", help="every row as YAML (what apply reads)")
@@ -96,11 +106,23 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     apply.add_argument("file", type=Path)
     apply.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     apply.add_argument("--prune", action="store_true", help="delete rows that are not in the file")
+    _sft_root(apply)
     apply.set_defaults(handler=_apply)
 
 
 def _output(parser: argparse.ArgumentParser, *, default: str = "table") -> None:
     parser.add_argument("--output", "-o", choices=["table", "json", "yaml"], default=default)
+
+
+def _sft_root(parser: argparse.ArgumentParser) -> None:
+    # Absolute SFT folders are valid only under the workers' SFT root, so checking a row
+    # needs it: the same variable the worker reads, or its default.
+    parser.add_argument(
+        "--sft-root",
+        type=Path,
+        default=Path(os.environ.get("EGRESS_SFT_ROOT") or DEFAULT_SFT_ROOT),
+        help="the workers' SFT volume root (default: EGRESS_SFT_ROOT or /data-egress)",
+    )
 
 
 def _print_rows(rows: Sequence[dict[str, Any]], ctx: CliContext, *, fmt: str) -> None:
@@ -112,8 +134,12 @@ def _print_rows(rows: Sequence[dict[str, Any]], ctx: CliContext, *, fmt: str) ->
 
 def _summary(route: Route) -> dict[str, str]:
     flags = [name for name in ("decrypt", "compress", "timestamp_files") if getattr(route, name)]
+    if route.rewrap_datakey:
+        flags.append("rewrap")
     if route.manifest_file_name:
         flags.append("manifest")
+    if route.control_file_prefix:
+        flags.append("control-file")
     if route.role_arn:
         flags.append("cross-account")
     if not route.enabled:
@@ -191,9 +217,11 @@ def _get(args: argparse.Namespace, ctx: CliContext) -> int:
             print(f"{column:<24}{value}", file=ctx.out)
     else:
         _print_rows([route.to_plain()], ctx, fmt=args.output)
-    problems = route.problems()
+    problems = route.problems(sft_root=args.sft_root)
     for problem in problems:
         print(f"INVALID: {problem}", file=ctx.err)
+    for warning in route.warnings():
+        print(f"WARNING: {warning}", file=ctx.err)
     return 1 if problems else 0
 
 
@@ -212,7 +240,7 @@ def _put(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.disabled:
         row["enabled"] = False
     route = Route.from_plain(row)
-    problems = route.problems()
+    problems = route.problems(sft_root=args.sft_root)
     if problems:
         for problem in problems:
             print(f"refused: {problem}", file=ctx.err)
@@ -222,6 +250,8 @@ def _put(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     put_route(ctx.clients.dynamodb, ctx.routes_table, route)
     print(f"written ({route.source_prefix!r}, {route.pipeline_name!r}) to {ctx.routes_table}", file=ctx.out)
+    for warning in route.warnings():
+        print(f"warning: {warning}", file=ctx.err)
     return 0
 
 
@@ -236,26 +266,37 @@ def _delete(args: argparse.Namespace, ctx: CliContext) -> int:
 @_guard
 def _validate(args: argparse.Namespace, ctx: CliContext) -> int:
     routes = _all_routes(ctx)
-    bad = [(route, route.problems()) for route in routes]
-    bad = [(route, problems) for route, problems in bad if problems]
+    checked = [(route, route.problems(sft_root=args.sft_root), route.warnings()) for route in routes]
+    reported = [(route, problems, warnings) for route, problems, warnings in checked if problems or warnings]
+    invalid = sum(1 for _, problems, _ in reported if problems)
     if args.output in ("json", "yaml"):
         _print_rows(
             [
-                {"source_prefix": r.source_prefix, "pipeline_name": r.pipeline_name, "problems": p}
-                for r, p in bad
+                {
+                    "source_prefix": r.source_prefix,
+                    "pipeline_name": r.pipeline_name,
+                    "problems": problems,
+                    "warnings": warnings,
+                }
+                for r, problems, warnings in reported
             ],
             ctx,
             fmt=args.output,
         )
     else:
-        for route, problems in bad:
+        for route, problems, warnings in reported:
             print(f"{route.source_prefix} / {route.pipeline_name}:", file=ctx.out)
             for problem in problems:
                 print(f"  - {problem}", file=ctx.out)
+            for warning in warnings:
+                print(f"  warning: {warning}", file=ctx.out)
+        warned = sum(1 for _, problems, warnings in reported if warnings and not problems)
         print(
-            f"{len(routes) - len(bad)} valid, {len(bad)} invalid row(s) in {ctx.routes_table}", file=ctx.out
+            f"{len(routes) - invalid} valid ({warned} with warnings), {invalid} invalid row(s) "
+            f"in {ctx.routes_table}",
+            file=ctx.out,
         )
-    return 1 if bad else 0
+    return 1 if invalid else 0
 
 
 @_guard
@@ -273,14 +314,22 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
     if key.rsplit("/", 1)[-1] != args.flag_name:
         print(f"note: {key!r} is not a {args.flag_name}; the worker would ignore it", file=ctx.out)
     try:
-        matches = RouteTable(ctx.clients.dynamodb, ctx.routes_table, cache_seconds=0).find(event)
+        matches = RouteTable(
+            ctx.clients.dynamodb, ctx.routes_table, cache_seconds=0, sft_root=args.sft_root
+        ).find(event)
     except PermanentError as exc:
         print(f"{exc.reason}: {exc.detail}", file=ctx.out)
         return 1
     report: list[dict[str, Any]] = []
     for match in matches:
-        entry: dict[str, Any] = {**_summary(match.route), "problems": list(match.problems), "objects": []}
+        entry: dict[str, Any] = {
+            **_summary(match.route),
+            "problems": list(match.problems),
+            "warnings": list(match.warnings),
+            "objects": [],
+        }
         if not match.problems:
+            entry.update(_extra_files(match, when))
             listing = list_objects(
                 ctx.clients.s3, bucket=bucket, prefix=match.delivery_prefix, flag_name=args.flag_name
             )
@@ -308,11 +357,31 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
             )
             for problem in entry["problems"]:
                 print(f"  INVALID: {problem}", file=ctx.out)
+            for warning in entry["warnings"]:
+                print(f"  WARNING: {warning}", file=ctx.out)
             for obj in entry["objects"]:
                 print(f"  {obj['source_key']}  ->  {obj['destination']}", file=ctx.out)
             if not entry["problems"] and not entry["objects"]:
                 print("  (no objects under the flag's folder yet)", file=ctx.out)
+            for label in ("manifest", "control_file"):
+                if entry.get(label):
+                    print(f"  ({label.replace('_', ' ')})  ->  {entry[label]}", file=ctx.out)
     return 1 if any(entry["problems"] for entry in report) else 0
+
+
+def _extra_files(match: RouteMatch, when: datetime) -> dict[str, str]:
+    """The names of the manifest and the control file a delivery would write, if any."""
+    extra: dict[str, str] = {}
+    try:
+        manifest = manifest_name(match)
+        control = control_file_name(match, event_time=when)
+    except PermanentError as exc:
+        return {"manifest": f"REFUSED ({exc.reason}: {exc.detail})"}
+    if manifest:
+        extra["manifest"] = manifest
+    if control:
+        extra["control_file"] = control
+    return extra
 
 
 def _export_text(routes: Sequence[Route]) -> str:
@@ -333,13 +402,17 @@ def _export(args: argparse.Namespace, ctx: CliContext) -> int:
 @_guard
 def _apply(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
-        plan = plan_routes_file(ctx.clients.dynamodb, args.file, table=ctx.routes_table, prune=args.prune)
+        plan = plan_routes_file(
+            ctx.clients.dynamodb, args.file, table=ctx.routes_table, prune=args.prune, sft_root=args.sft_root
+        )
     except RoutesFileRefused as exc:
         for problem in exc.problems:
             print(problem, file=ctx.err)
         return _fail(ctx, exc.detail)
     for line in plan.diff_lines():
         print(line, file=ctx.out)
+    for warning in plan.warnings:
+        print(warning, file=ctx.err)
     print(plan.summary(), file=ctx.out)
     if not plan.has_changes:
         print("no changes", file=ctx.out)

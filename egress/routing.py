@@ -8,6 +8,10 @@ it could have been written as placeholders) and fetched with PartiQL key lookups
 (``source_prefix = ? OR …``, at most 50 keys per request), so the cost depends on the length of the flag's key, not
 on the number of rows. Results are cached briefly, so an edited row applies within
 ``cache_seconds``.
+
+The replaced system's rows load as they are (DESIGN §12): its extra columns are columns
+here, an unknown column is a warning rather than a reason to refuse the row, S3 prefixes
+lose a leading ``/`` and absolute SFT folders under the SFT root name the folder below it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -25,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import PermanentError, Reason, error_code, translate_client_error
 from egress.kernel.placeholders import PLACEHOLDERS, resolve_placeholders
+from egress.kernel.tempnames import TEMP_SUFFIXES
 from egress.messages import FlagEvent
 
 if TYPE_CHECKING:
@@ -33,6 +39,21 @@ if TYPE_CHECKING:
 TRANSFER_TYPES = ("S3", "SFT")
 COMPRESS_FORMATS = ("gz", "zstd")
 IN_LIMIT = 50  # DynamoDB PartiQL: at most 50 partition-key values in one statement
+DEFAULT_SFT_ROOT = Path("/data-egress")
+# What the replaced system's manifest_file_encryption said. Its worker encrypted the manifest
+# for "encrypted" (a data key of its own key service) and "re-wrapped"/"rewrapped" (that key
+# re-wrapped for the recipient), and wrote plaintext for anything else. This worker writes
+# plaintext JSON manifests only, so a row that asks for an encrypted one is refused (the
+# route is invalid, the flag dead-lettered with the reason) rather than answered with a
+# plaintext manifest the recipient was promised would be encrypted; the values that ask for
+# no encryption are accepted.
+MANIFEST_PLAINTEXT = ("", "none", "false", "plaintext", "unencrypted")
+MANIFEST_ENCRYPTED = ("encrypted", "re-wrapped", "rewrapped", "true")
+# DESIGN §12 columns this worker does not act on yet. Each can only hold data back, so a row
+# that sets one is refused rather than delivered as if it were not there.
+UNSUPPORTED_COLUMNS = ("include", "exclude", "approval_required")
+_BOOL_COLUMNS = ("decrypt", "compress", "timestamp_files", "rewrap_datakey")
+_NOT_COLUMNS = ("load_problems", "load_warnings")
 
 _PLACEHOLDER_WORD = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 _BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -42,6 +63,14 @@ _KMS_KEY = re.compile(
 )
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# SSM parameter names: "name" or "/a/b", letters, digits and _.-/ only, at most 2048
+# characters and 15 levels (AWS's rules for GetParameter's Name).
+_SSM_PARAMETER = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+SSM_PARAMETER_MAX = 2048
+SSM_PARAMETER_LEVELS = 15
+FILE_NAME_MAX = 255  # bytes: the longest name a file system (and the SFT agent) takes
+# A date the file-name columns are checked with: their placeholders resolve to digits.
+_CHECK_DATE = datetime(2000, 1, 1)
 
 
 def _as_bool(value: Any, *, column: str, problems: list[str], default: bool = False) -> bool:
@@ -73,6 +102,58 @@ def folder_problems(folder: str, *, column: str) -> list[str]:
     return problems
 
 
+def file_name_problems(name: str, *, column: str) -> list[str]:
+    """Why ``name`` (placeholders resolved) cannot be a file's name in a destination folder."""
+    problems = []
+    if not name or "/" in name or "\\" in name or name.startswith(".") or _CONTROL.search(name):
+        problems.append(f"{column} {name!r} must be a plain, visible file name (no '/', no leading '.')")
+    elif name.endswith(TEMP_SUFFIXES):
+        problems.append(f"{column} {name!r} ends like a temporary file the SFT agent never sends")
+    if len(name.encode("utf-8", "surrogatepass")) > FILE_NAME_MAX:
+        problems.append(f"{column} is longer than {FILE_NAME_MAX} bytes")
+    return problems
+
+
+def ssm_parameter_problem(name: str) -> str | None:
+    """Why ``name`` is not an SSM parameter name (``name`` or ``/a/b``), or None."""
+    if len(name) > SSM_PARAMETER_MAX:
+        return f"is longer than {SSM_PARAMETER_MAX} characters"
+    if not _SSM_PARAMETER.match(name):
+        return "must be a parameter name like 'name' or '/a/b' (letters, digits, '_', '.', '-', '/')"
+    if name.strip("/").count("/") + 1 > SSM_PARAMETER_LEVELS:
+        return f"has more than {SSM_PARAMETER_LEVELS} levels"
+    return None
+
+
+def sft_relative_folder(folder: str, *, sft_root: Path) -> str | None:
+    """``folder`` relative to ``sft_root`` if it is an absolute path under it, else None.
+
+    The replaced system wrote SFT folders as absolute paths on its volume
+    (``/data-egress/RIS``); below the root they name the same folder here (``RIS/``).
+    """
+    root = str(sft_root).rstrip("/")
+    if not folder.startswith("/") or not (folder == root or folder.startswith(root + "/")):
+        return None
+    relative = folder[len(root) :].lstrip("/")
+    return relative.rstrip("/") + "/" if relative else ""
+
+
+def resolve_destination_prefix(route: Route, when: datetime, *, sft_root: Path) -> str:
+    """The route's destination prefix for an event at ``when``, as the destinations take it.
+
+    S3: a leading ``/`` is dropped (the replaced system's ``"/"`` is the bucket's root).
+    SFT: an absolute folder under ``sft_root`` becomes relative to it; anything else is
+    left as it is (an absolute folder elsewhere is one of the row's problems).
+    """
+    prefix = resolve_placeholders(route.destination_prefix, when)
+    if route.transfer_type == "S3":
+        return prefix.lstrip("/")
+    if route.transfer_type == "SFT":
+        relative = sft_relative_folder(prefix, sft_root=sft_root)
+        return prefix if relative is None else relative
+    return prefix
+
+
 @dataclass(frozen=True)
 class Route:
     """One row of the routes table (column names kept from the replaced system)."""
@@ -92,17 +173,25 @@ class Route:
     timestamp_files: bool = False
     manifest_file_name: str = ""
     enabled: bool = True
+    # The replaced system's columns (DESIGN §12).
+    rewrap_datakey: bool = False
+    encrypting_key_ssm_parm_name: str = ""
+    control_file_prefix: str = ""
+    manifest_file_encryption: str = ""
     load_problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # Columns the row holds that no version of the table defined: reported, never fatal, so
+    # that a stray column does not dead-letter live traffic (they are not written back).
+    load_warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_plain(cls, row: Mapping[str, Any]) -> Route:
         """Build from plain Python values (YAML, deserialized DynamoDB); never raises on bad values."""
         problems: list[str] = []
-        known = {f.name for f in fields(cls)} - {"load_problems"}
+        known = {f.name for f in fields(cls)} - set(_NOT_COLUMNS)
         values: dict[str, Any] = {}
         for column in known:
             value = row.get(column)
-            if column in {"decrypt", "compress", "timestamp_files"}:
+            if column in _BOOL_COLUMNS:
                 values[column] = _as_bool(value, column=column, problems=problems)
             elif column == "enabled":
                 values[column] = _as_bool(value, column=column, problems=problems, default=True)
@@ -114,9 +203,15 @@ class Route:
                 problems.append(f"{column} must be a string, got {type(value).__name__}")
                 values[column] = str(value)
         unknown = sorted(set(row) - known)
-        if unknown:
-            problems.append(f"unknown column(s): {', '.join(unknown)}")
-        return cls(**values, load_problems=tuple(problems))
+        refused = [column for column in unknown if column in UNSUPPORTED_COLUMNS and row[column]]
+        for column in refused:
+            problems.append(
+                f"{column} is not supported by this worker yet: delivering the row without it "
+                "would send what it is meant to hold back"
+            )
+        ignored = [column for column in unknown if column not in refused]
+        warnings = [f"unknown column(s) ignored: {', '.join(ignored)}"] if ignored else []
+        return cls(**values, load_problems=tuple(problems), load_warnings=tuple(warnings))
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> Route:
@@ -128,7 +223,7 @@ class Route:
         """The row as plain values, omitting empty optional columns."""
         row: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "load_problems":
+            if f.name in _NOT_COLUMNS:
                 continue
             value = getattr(self, f.name)
             if (
@@ -142,15 +237,21 @@ class Route:
         return row
 
     def to_item(self) -> dict[str, Any]:
+        """The row as a low-level DynamoDB item."""
         serializer = TypeSerializer()
         return {name: serializer.serialize(value) for name, value in self.to_plain().items()}
 
     @property
     def is_wildcard(self) -> bool:
+        """Whether the row's ``source_prefix`` ends in ``*`` (any flag below it)."""
         return self.source_prefix.endswith("*")
 
-    def problems(self) -> list[str]:
-        """Every reason this row cannot be delivered, each a sentence naming the column."""
+    def problems(self, *, sft_root: Path = DEFAULT_SFT_ROOT) -> list[str]:
+        """Every reason this row cannot be delivered, each a sentence naming the column.
+
+        ``sft_root`` is the worker's SFT volume root: an absolute SFT folder below it is
+        accepted (it names the folder below the root), any other absolute folder is not.
+        """
         problems = list(self.load_problems)
         if not self.source_prefix:
             problems.append("source_prefix is required")
@@ -166,7 +267,7 @@ class Route:
             problems.append("source_bucket is required")
         elif not _BUCKET.match(self.source_bucket):
             problems.append(f"source_bucket {self.source_bucket!r} is not a valid bucket name")
-        for column in ("source_prefix", "destination_prefix"):
+        for column in ("source_prefix", "destination_prefix", "manifest_file_name", "control_file_prefix"):
             for word in _PLACEHOLDER_WORD.findall(getattr(self, column)):
                 if word not in PLACEHOLDERS:
                     problems.append(
@@ -177,14 +278,8 @@ class Route:
                 problems.append("destination_bucket is required for transfer_type S3")
             elif not _BUCKET.match(self.destination_bucket):
                 problems.append(f"destination_bucket {self.destination_bucket!r} is not a valid bucket name")
-            if self.destination_prefix.startswith("/"):
-                problems.append(
-                    "destination_prefix must not start with '/' for S3 (keys have no leading slash)"
-                )
         if self.transfer_type == "SFT":
-            if not self.destination_prefix.strip("/"):
-                problems.append("destination_prefix (the folder under the SFT root) is required for SFT")
-            problems.extend(folder_problems(self.destination_prefix, column="destination_prefix"))
+            problems.extend(self._sft_folder_problems(sft_root))
             for column in ("destination_bucket", "role_arn", "destination_kms_key_id"):
                 if getattr(self, column):
                     problems.append(f"{column} does not apply to transfer_type SFT")
@@ -198,9 +293,85 @@ class Route:
             problems.append(
                 f"destination_kms_key_id {self.destination_kms_key_id!r} is not a KMS key id, ARN or alias"
             )
-        name = self.manifest_file_name
-        if name and ("/" in name or "\\" in name or name.startswith(".") or _CONTROL.search(name)):
-            problems.append(f"manifest_file_name {name!r} must be a plain, visible file name")
+        problems.extend(self._rewrap_problems())
+        problems.extend(self._file_name_column_problems())
+        return problems
+
+    def warnings(self) -> list[str]:
+        """What is odd about the row but does not stop it delivering (printed by ``routes`` commands)."""
+        warnings = list(self.load_warnings)
+        if self.encrypting_key_ssm_parm_name and not self.rewrap_datakey:
+            warnings.append(
+                f"encrypting_key_ssm_parm_name {self.encrypting_key_ssm_parm_name!r} is unused: "
+                "rewrap_datakey is not true"
+            )
+        if self.manifest_file_encryption and not self.manifest_file_name:
+            warnings.append("manifest_file_encryption is set but there is no manifest_file_name: unused")
+        return warnings
+
+    def _sft_folder_problems(self, sft_root: Path) -> list[str]:
+        folder = self.destination_prefix
+        if folder.startswith("/"):
+            relative = sft_relative_folder(folder, sft_root=sft_root)
+            if relative is None:
+                return [
+                    f"destination_prefix {folder!r} is absolute but not under the SFT root {sft_root}: "
+                    f"write the folder relative to the root, or as {sft_root}/<folder>"
+                ]
+            if not relative:
+                return [
+                    f"destination_prefix {folder!r} is the SFT root itself: name a folder below it "
+                    f"({sft_root}/<folder>)"
+                ]
+            folder = relative
+        if not folder.strip("/"):
+            return ["destination_prefix (the folder under the SFT root) is required for SFT"]
+        return folder_problems(folder, column="destination_prefix")
+
+    def _rewrap_problems(self) -> list[str]:
+        if not self.rewrap_datakey:
+            return []
+        problems = []
+        if self.decrypt:
+            problems.append(
+                "rewrap_datakey delivers objects still encrypted: it cannot be combined with decrypt = true"
+            )
+        if self.transfer_type != "S3":
+            problems.append(
+                "rewrap_datakey applies to transfer_type S3 only (the re-wrapped key travels in the "
+                "object's metadata)"
+            )
+        if self.compress:
+            problems.append("rewrap_datakey delivers the body byte-identical: compress cannot be true")
+        name = self.encrypting_key_ssm_parm_name
+        if not name:
+            problems.append(
+                "rewrap_datakey needs encrypting_key_ssm_parm_name (the SSM parameter holding the "
+                "recipient's public key)"
+            )
+        elif (problem := ssm_parameter_problem(name)) is not None:
+            problems.append(f"encrypting_key_ssm_parm_name {name!r} {problem}")
+        return problems
+
+    def _file_name_column_problems(self) -> list[str]:
+        problems = []
+        for column in ("manifest_file_name", "control_file_prefix"):
+            template = getattr(self, column)
+            if template:
+                problems.extend(
+                    file_name_problems(resolve_placeholders(template, _CHECK_DATE), column=column)
+                )
+        if self.manifest_file_name and self.manifest_file_name == self.control_file_prefix:
+            problems.append("manifest_file_name and control_file_prefix name the same file")
+        encryption = self.manifest_file_encryption
+        if encryption.lower() in MANIFEST_ENCRYPTED:
+            problems.append(
+                f"manifest_file_encryption {encryption!r}: this worker writes manifests in plaintext only "
+                'and will not send a plaintext one in place of an encrypted one (set it to "" to accept '
+                "a plaintext manifest)"
+            )
+        elif encryption.lower() not in MANIFEST_PLAINTEXT:
+            problems.append(f'manifest_file_encryption must be "" (plaintext), got {encryption!r}')
         return problems
 
 
@@ -212,7 +383,10 @@ class RouteMatch:
     problems: tuple[str, ...]
     resolved_source_prefix: str  # placeholders resolved, '*' removed
     delivery_prefix: str  # the folder the flag marks complete (the flag's own folder)
-    destination_prefix: str  # placeholders resolved
+    # Placeholders resolved; S3: no leading '/'; SFT: relative to the SFT root.
+    destination_prefix: str
+    manifest_file_name: str = ""  # placeholders resolved
+    warnings: tuple[str, ...] = ()
 
 
 def placeholder_variants(prefix: str, when: datetime) -> list[str]:
@@ -233,7 +407,9 @@ def candidate_keys(flag_prefix: str, when: datetime) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def match_route(route: Route, *, flag_prefix: str, when: datetime) -> RouteMatch | None:
+def match_route(
+    route: Route, *, flag_prefix: str, when: datetime, sft_root: Path = DEFAULT_SFT_ROOT
+) -> RouteMatch | None:
     """The match of ``route`` for a flag in ``flag_prefix``, or None if it does not match."""
     resolved = resolve_placeholders(route.source_prefix, when)
     if route.is_wildcard:
@@ -244,10 +420,12 @@ def match_route(route: Route, *, flag_prefix: str, when: datetime) -> RouteMatch
         return None
     return RouteMatch(
         route=route,
-        problems=tuple(route.problems()),
+        problems=tuple(route.problems(sft_root=sft_root)),
         resolved_source_prefix=resolved,
         delivery_prefix=flag_prefix,
-        destination_prefix=resolve_placeholders(route.destination_prefix, when),
+        destination_prefix=resolve_destination_prefix(route, when, sft_root=sft_root),
+        manifest_file_name=resolve_placeholders(route.manifest_file_name, when),
+        warnings=tuple(route.warnings()),
     )
 
 
@@ -262,6 +440,7 @@ class RouteTable:
         cache_seconds: float = 30.0,
         cache_size: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        sft_root: Path = DEFAULT_SFT_ROOT,
     ) -> None:
         if not _TABLE_NAME.match(table_name):
             raise ValueError(f"{table_name!r} is not a DynamoDB table name")
@@ -270,6 +449,7 @@ class RouteTable:
         self._ttl = cache_seconds
         self._size = cache_size
         self._clock = clock
+        self._sft_root = sft_root
         self._cache: OrderedDict[tuple[str, ...], tuple[float, list[Route]]] = OrderedDict()
 
     def find(self, event: FlagEvent) -> list[RouteMatch]:
@@ -284,7 +464,7 @@ class RouteTable:
         other_buckets: set[str] = set()
         disabled = 0
         for route in rows:
-            match = match_route(route, flag_prefix=flag_prefix, when=when)
+            match = match_route(route, flag_prefix=flag_prefix, when=when, sft_root=self._sft_root)
             if match is None:
                 continue
             if route.source_bucket and route.source_bucket != event.bucket:

@@ -54,9 +54,25 @@ def test_a_good_row_has_no_problems() -> None:
         ({"destination_kms_key_id": "my key"}, "destination_kms_key_id"),
         ({"manifest_file_name": "../m.json"}, "manifest_file_name"),
         ({"decrypt": "yes"}, "decrypt must be a boolean"),
-        ({"colour": "blue"}, "unknown column(s): colour"),
+        ({"include": ["*.csv"]}, "include is not supported"),
+        ({"rewrap_datakey": "maybe"}, "rewrap_datakey must be a boolean"),
         ({"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "../etc"}, "'..'"),
-        ({"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "/etc"}, "not absolute"),
+        (
+            {"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "/etc"},
+            "not under the SFT root /data-egress",
+        ),
+        (
+            {"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "/data-egressX/a"},
+            "not under the SFT root",
+        ),
+        (
+            {"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "/data-egress/"},
+            "is the SFT root itself",
+        ),
+        (
+            {"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "/data-egress/a/../b"},
+            "'..'",
+        ),
         (
             {"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": ""},
             "is required for SFT",
@@ -153,7 +169,7 @@ def test_destination_name_transforms() -> None:
     )
     assert (
         name(route(timestamp_files=True), "exports/opsmi/s/d.csv", "exports/opsmi/")
-        == "opsmi/s/d_20261122.csv"
+        == "opsmi/s/d.20261122.csv"
     )
     dated = route(destination_prefix="out/$TODAYS_YYYYMMDD_FORMATTED_DATE/")
     assert name(dated, "exports/opsmi/d.csv", "exports/opsmi/") == "out/20261122/d.csv"
