@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
     from mypy_boto3_sts import STSClient
 
 
@@ -76,6 +77,7 @@ class AwsClients:
     dynamodb: DynamoDBClient
     kms: KMSClient
     sts: STSClient
+    ssm: SSMClient
     session: boto3.session.Session
     config: AwsConfig
 
@@ -102,17 +104,37 @@ class AwsClients:
                 aws_session_token=credentials["SessionToken"],
                 config=self.config.botocore_config(),
             )
+        session = self.session_for_role(
+            credentials, role_arn=role_arn, session_name=session_name, duration_seconds=duration_seconds
+        )
+        client: S3Client = session.client(
+            "s3", endpoint_url=self.config.endpoint_url, config=self.config.botocore_config()
+        )
+        return client
+
+    def session_for_role(
+        self,
+        credentials: Mapping[str, Any],
+        *,
+        role_arn: str,
+        session_name: str | None = None,
+        duration_seconds: int = 3600,
+    ) -> boto3.session.Session:
+        """A session acting as ``role_arn`` from its first ``sts:AssumeRole`` credentials, renewing them itself."""
         refresh = assume_role_refresher(
             self.sts,
             role_arn=role_arn,
             session_name=session_name or "data-egress",
             duration_seconds=duration_seconds,
         )
-        session = refreshable_session(
+        return refreshable_session(
             refresh, region=self.config.region, initial=credentials_metadata(credentials)
         )
-        client: S3Client = session.client(
-            "s3", endpoint_url=self.config.endpoint_url, config=self.config.botocore_config()
+
+    def ssm_for_session(self, session: boto3.session.Session) -> SSMClient:
+        """An SSM client of ``session`` (one acting as a role), with the one botocore config."""
+        client: SSMClient = session.client(
+            "ssm", endpoint_url=self.config.endpoint_url, config=self.config.botocore_config()
         )
         return client
 
@@ -226,6 +248,7 @@ def build_clients(config: AwsConfig, *, session: boto3.session.Session | None = 
         dynamodb=make("dynamodb"),
         kms=make("kms"),
         sts=make("sts"),
+        ssm=make("ssm"),
         session=session,
         config=config,
     )

@@ -1,8 +1,9 @@
-"""Delivering one route of one flag: claim it in the ledger, move every object, manifest last.
+"""Delivering one route of one flag: claim it in the ledger, move every object, manifest and control file last.
 
 The coordinator of the data path. It only decides which pieces to chain for each
-object — server-side copy, or GET → decrypt → compress → upload/write — and leaves the
-bytes to the stage modules. The route's destination is picked once
+object — server-side copy, or GET → decrypt → compress → upload/write, a re-wrapped
+envelope in place of the source's on a re-wrap route — and leaves the bytes to the
+stage modules. The route's destination is picked once
 (:meth:`egress.destinations.routes.Destinations.for_route`) and then asked, through the
 :class:`~egress.destinations.Destination` protocol, everything that differs between S3
 and SFT: how to resume, whether to copy server-side, what to record when. Objects of a
@@ -20,9 +21,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
@@ -33,6 +33,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from egress import metrics
 from egress.destinations import Delivered, Destination
+from egress.destinations.base import MetadataFor
 from egress.destinations.routes import Destinations
 from egress.destinations.s3 import RoleClients, S3Destination, TransferConfig
 from egress.destinations.sft import SftDestination
@@ -40,16 +41,22 @@ from egress.errors import EgressError, Reason, RetryableError, StopRequested
 from egress.ledger import Claim, DeliveryKey, Lease, Ledger, ProgressLog
 from egress.ledger_table import ObjectRecord
 from egress.messages import FlagEvent
-from egress.plan import DeliveryItem, check_names, manifest_name, name_items, plan_route
+from egress.plan import (
+    DeliveryItem,
+    check_names,
+    control_file_body,
+    control_file_name,
+    manifest_name,
+    name_items,
+    plan_route,
+)
 from egress.routing import Route, RouteMatch
-from egress.sources import OpenedObject, SourceObject, list_objects, open_object
-from egress.streams import Chunks
-from egress.transforms.compress import compress
+from egress.sources import SourceObject, list_objects
+from egress.stream_source import ByteBudget, SourceProbe, StreamSource
 from egress.transforms.decrypt import Decryptor
+from egress.transforms.rewrap import RecipientKeys, Rewrapper
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
     from egress.aws import AwsClients
     from egress.settings import WorkerSettings
 
@@ -57,74 +64,6 @@ log = structlog.get_logger("egress.delivery")
 
 # ListObjectsV2 returns at most this many keys a page: a folder this size is planned in memory.
 _ONE_PAGE = 1000
-
-
-class ByteBudget:
-    """A counting semaphore in bytes: what all streams in flight may hold together."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self._free = total
-        self._cond = threading.Condition()
-
-    def acquire(self, amount: int, *, cancel: threading.Event) -> int:
-        """Wait for ``amount`` bytes (clamped to the total); returns what was taken."""
-        amount = max(0, min(amount, self.total))
-        with self._cond:
-            while self._free < amount:
-                if cancel.is_set():
-                    raise StopRequested
-                self._cond.wait(timeout=0.5)
-            self._free -= amount
-        return amount
-
-    def release(self, amount: int) -> None:
-        """Give back what :meth:`acquire` returned."""
-        with self._cond:
-            self._free += amount
-            self._cond.notify_all()
-
-
-def guard(chunks: Chunks, cancel: threading.Event) -> Chunks:
-    """Pass chunks through until the worker is told to abort."""
-    for chunk in chunks:
-        if cancel.is_set():
-            raise StopRequested
-        yield chunk
-
-
-@dataclass(frozen=True)
-class StreamSource:
-    """GET → decrypt → compress for one object, within the worker's byte budget.
-
-    ``per_object_cost`` is the most one stream holds (its parts in flight and the chunks
-    of its stages); a small object takes only its own size and a chunk.
-    """
-
-    s3: S3Client
-    decryptor: Decryptor
-    budget: ByteBudget
-    chunk_size: int
-    per_object_cost: int
-
-    @contextmanager
-    def open(
-        self, source: SourceObject, route: Route, *, cancel: threading.Event
-    ) -> Iterator[tuple[OpenedObject, Chunks]]:
-        """The opened object and its body as the route wants it delivered; the budget is held until exit."""
-        taken = self.budget.acquire(min(source.size + self.chunk_size, self.per_object_cost), cancel=cancel)
-        try:
-            opened = open_object(self.s3, source, chunk_size=self.chunk_size)
-            chunks: Chunks = guard(opened.chunks, cancel)
-            if route.decrypt:
-                chunks = self.decryptor.decrypt(
-                    source=source.uri, metadata=opened.metadata, chunks=chunks, size=opened.size
-                )
-            if route.compress:
-                chunks = compress(chunks, fmt=route.compress_fmt or "gz")
-            yield opened, chunks
-        finally:
-            self.budget.release(taken)
 
 
 @dataclass(frozen=True)
@@ -143,7 +82,17 @@ class _Progress:
     size: int = 0
     skipped: int = 0
     manifest: list[dict[str, Any]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # for the control file
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, match: RouteMatch, name: str, entry: Callable[[str], dict[str, Any]]) -> None:
+        """Keep what the manifest and the control file list of a delivered (or done) object."""
+        route = match.route
+        with self.lock:
+            if route.manifest_file_name:
+                self.manifest.append(entry(_relative_to(name, match.destination_prefix)))
+            if route.control_file_prefix:
+                self.names.append(name)
 
 
 @dataclass
@@ -167,14 +116,18 @@ class _RouteRun:
         }
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Journal:
-    """One object's rows in the ledger, written when its destination says (an :class:`ObjectJournal`)."""
+    """One object's rows in the ledger, written when its destination says (an :class:`ObjectJournal`).
+
+    ``encryption`` is set once the object's format is known (decrypt and re-wrap routes).
+    """
 
     ledger: Ledger
     run: _RouteRun
     name: str
     source_key: str
+    encryption: str | None = None
 
     def record_now(self, status: str, delivered: Delivered | None = None, **extra: Any) -> None:
         self.run.checkpoint.record_now([self._row(status, delivered, **extra)])
@@ -190,6 +143,7 @@ class _Journal:
             source_key=self.source_key,
             size=delivered.size if delivered else 0,
             sha256=delivered.sha256 if delivered else None,
+            encryption=self.encryption,
             **extra,
         )
 
@@ -239,11 +193,15 @@ class RouteDelivery:
             max_parts_in_flight=settings.parts_in_flight,
             copy_threshold=settings.copy_threshold_mb * 1024 * 1024,
         )
+        roles = RoleClients(aws, session_name="data-egress")
         self._destinations = Destinations(
             s3=S3Destination(aws.s3, config=transfer),
-            roles=RoleClients(aws, session_name="data-egress"),
+            roles=roles,
             sft=sft,
             receipt_grace=sft_receipt_grace,
+        )
+        self._rewrapper = Rewrapper(
+            decryptor, RecipientKeys(lambda role_arn: roles.ssm_client_for(role_arn) if role_arn else aws.ssm)
         )
         self._streams = StreamSource(
             s3=aws.s3,
@@ -296,9 +254,11 @@ class RouteDelivery:
             # or a name the destination would refuse fails the route with nothing delivered.
             items = self._plan(event, match)
             manifest = manifest_name(match)
+            control = control_file_name(match, event_time=event.event_time)
             done = self._resume(run, lease) if lease.resumed else {}
             self._deliver_objects(run, items(), done)
             self._write_manifest(event, run, manifest, done)
+            self._write_control_file(run, control, done)
             run.checkpoint.flush()
         except BaseException as exc:
             reason = exc.reason if isinstance(exc, EgressError) else type(exc).__name__
@@ -396,12 +356,7 @@ class RouteDelivery:
                     progress.objects += 1
                     progress.size += record.size
                     progress.skipped += 1
-                    if match.route.manifest_file_name:
-                        progress.manifest.append(
-                            record.manifest_entry(
-                                _relative_to(item.destination_name, match.destination_prefix)
-                            )
-                        )
+                    progress.add(match, item.destination_name, record.manifest_entry)
                     continue
                 if cancel.is_set():
                     raise StopRequested
@@ -454,31 +409,59 @@ class RouteDelivery:
         with progress.lock:
             progress.objects += 1
             progress.size += delivered.size
-            if run.match.route.manifest_file_name:
-                progress.manifest.append(
-                    {
-                        "name": _relative_to(item.destination_name, run.match.destination_prefix),
-                        "size": delivered.size,
-                        "sha256": delivered.sha256,
-                        "source_key": item.source.key,
-                    }
-                )
+        listed: dict[str, Any] = {
+            "size": delivered.size,
+            "sha256": delivered.sha256,
+            "source_key": item.source.key,
+        }
+        if journal.encryption is not None:
+            listed["encryption"] = journal.encryption
+        progress.add(run.match, item.destination_name, lambda relative: {"name": relative, **listed})
 
     def _move(self, run: _RouteRun, item: DeliveryItem, journal: _Journal) -> Delivered:
         """One try: a server-side copy if the destination offers one, else GET → transforms → write."""
         destination = run.destination
         source = item.source
         name = item.destination_name
+        route = run.match.route
         destination.prepare(source, name)
+        metadata_for = self._rewrap_for(route, source, journal) if route.rewrap_datakey else None
         if destination.copies(source):
-            return destination.copy(source, name, cancel=run.cancel, journal=journal)
-        with self._streams.open(source, run.match.route, cancel=run.cancel) as (opened, chunks):
-            return destination.write(name, chunks, opened=opened, cancel=run.cancel, journal=journal)
+            return destination.copy(
+                source, name, cancel=run.cancel, journal=journal, metadata_for=metadata_for
+            )
+        with self._streams.open(source, route, cancel=run.cancel) as stream:
+            if stream.encryption is not None:
+                journal.encryption = stream.encryption
+            return destination.write(
+                name,
+                stream.chunks,
+                opened=stream.opened,
+                cancel=run.cancel,
+                journal=journal,
+                metadata_for=metadata_for,
+            )
+
+    def _rewrap_for(self, route: Route, source: SourceObject, journal: _Journal) -> MetadataFor:
+        """The re-wrapped envelope of ``source``, from the metadata of the version delivered."""
+
+        def rewrapped(metadata: Mapping[str, str]) -> Mapping[str, str] | None:
+            result = self._rewrapper.rewrap(
+                source=source.uri,
+                metadata=metadata,
+                parameter=route.encrypting_key_ssm_parm_name,
+                role_arn=route.role_arn,
+                probe=SourceProbe(self._aws.s3, source),
+            )
+            journal.encryption = result.encryption.value
+            return result.metadata
+
+        return rewrapped
 
     def _write_manifest(
         self, event: FlagEvent, run: _RouteRun, name: str | None, done: dict[str, ObjectRecord]
     ) -> None:
-        """The manifest, last; once written (recorded like an object) it is not written again."""
+        """The manifest, after the data; once written (recorded like an object) it is not written again."""
         if name is None or name in done:
             return
         route = run.match.route
@@ -491,10 +474,20 @@ class RouteDelivery:
             "objects": sorted(run.progress.manifest, key=lambda entry: str(entry["name"])),
         }
         data = json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8")
-        journal = _Journal(
-            self._ledger, run, name, run.match.delivery_prefix + (route.manifest_file_name or "")
-        )
-        delivered = run.destination.write_manifest(name, data, journal=journal)
+        self._write_file(run, name, data, content_type="application/json")
+
+    def _write_control_file(self, run: _RouteRun, name: str | None, done: dict[str, ObjectRecord]) -> None:
+        """The control file, after the data and the manifest: the delivered data files' base names."""
+        if name is None or name in done:
+            return
+        body = control_file_body(sorted(delivered.rsplit("/", 1)[-1] for delivered in run.progress.names))
+        self._write_file(run, name, body, content_type="text/plain")
+
+    def _write_file(self, run: _RouteRun, name: str, data: bytes, *, content_type: str) -> None:
+        """One of the route's own files, recorded like an object, so a resumed delivery does not write it again."""
+        source_key = run.match.delivery_prefix + name.rsplit("/", 1)[-1]
+        journal = _Journal(self._ledger, run, name, source_key)
+        delivered = run.destination.write_bytes(name, data, content_type=content_type, journal=journal)
         run.destination.record_delivered(delivered, journal=journal)
 
 

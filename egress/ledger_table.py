@@ -63,6 +63,9 @@ class ObjectRecord:
     mpu_id: str | None = None
     bucket: str | None = None
     temp_name: str | None = None
+    # The source's encrypted format as the worker found it (decrypt and re-wrap routes):
+    # ``none`` for an object delivered as it is; absent where the route does not look.
+    encryption: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ObjectRecord:
@@ -76,15 +79,20 @@ class ObjectRecord:
             mpu_id=row.get("mpu_id") or None,
             bucket=row.get("bucket") or None,
             temp_name=row.get("temp_name") or None,
+            encryption=row.get("encryption") or None,
         )
 
     def manifest_entry(self, relative_name: str) -> dict[str, Any]:
-        return {
+        """The object's entry in the route's manifest (``encryption`` where the row has it)."""
+        entry: dict[str, Any] = {
             "name": relative_name,
             "size": self.size,
             "sha256": self.sha256,
             "source_key": self.source_key,
         }
+        if self.encryption:
+            entry["encryption"] = self.encryption
+        return entry
 
 
 def create_ledger_table(dynamodb: DynamoDBClient, name: str) -> None:

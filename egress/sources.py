@@ -1,4 +1,4 @@
-"""The source bucket: listing the objects a flag covers and streaming them."""
+"""The source bucket: listing the objects a flag covers, streaming them, and the small reads format detection makes."""
 
 from __future__ import annotations
 
@@ -92,3 +92,36 @@ def open_object(s3: S3Client, obj: SourceObject, *, chunk_size: int) -> OpenedOb
         content_type=response.get("ContentType"),
         chunks=chunks(),
     )
+
+
+def read_head(s3: S3Client, obj: SourceObject, *, length: int) -> bytes:
+    """The first ``length`` bytes of ``obj`` (all of it if shorter): one ranged GET.
+
+    For format detection where the body itself is not read (a re-wrap route looks there
+    for an Encryption SDK header).
+    """
+    if obj.size == 0 or length <= 0:
+        return b""  # S3 answers a range on an empty object with 416
+    doing = f"reading the first bytes of {obj.uri}"
+    try:
+        response = s3.get_object(Bucket=obj.bucket, Key=obj.key, Range=f"bytes=0-{length - 1}")
+        body = response["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_client_error(exc, doing=doing) from exc
+
+
+def object_exists(s3: S3Client, *, bucket: str, key: str) -> bool:
+    """Whether ``key`` exists: one HeadObject, 404 meaning no (the worker may list the folder, so S3 says 404, not 403)."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        raise translate_client_error(exc, doing=f"looking for s3://{bucket}/{key}") from exc
+    except BotoCoreError as exc:
+        raise translate_client_error(exc, doing=f"looking for s3://{bucket}/{key}") from exc
+    return True

@@ -494,7 +494,12 @@ def run_worker(settings: WorkerSettings) -> int:
         settings,
         aws,
         queue=queue,
-        routes=RouteTable(aws.dynamodb, settings.routes_table, cache_seconds=settings.route_cache_seconds),
+        routes=RouteTable(
+            aws.dynamodb,
+            settings.routes_table,
+            cache_seconds=settings.route_cache_seconds,
+            sft_root=settings.sft_root,
+        ),
         ledger=Ledger(
             aws.dynamodb,
             settings.ledger_table,

@@ -18,12 +18,17 @@ if TYPE_CHECKING:
 __all__ = [
     "Delivered",
     "Destination",
+    "MetadataFor",
     "ObjectJournal",
     "close_abandoned",
     "raise_if_cancelled",
 ]
 
 log = structlog.get_logger("egress.destinations")
+
+MetadataFor = Callable[[Mapping[str, str]], "Mapping[str, str] | None"]
+"""Given the source object's user metadata, the delivered object's in its place, or ``None``
+to keep what the route implies (a re-wrap route's new envelope: :mod:`egress.transforms.rewrap`)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class Destination(Protocol):
     """Where one route of one flag delivers: everything delivery asks, whatever the transfer type.
 
     Delivery picks one per route delivery and then calls only these methods. The writing
-    methods (:meth:`copy`, :meth:`write`, :meth:`write_manifest`) keep one contract:
+    methods (:meth:`copy`, :meth:`write`, :meth:`write_bytes`) keep one contract:
 
     - They consume a chunk iterator and make the result visible only after the iterator
       is exhausted without error (authenticated decryption raises at its very end, so
@@ -103,9 +108,18 @@ class Destination(Protocol):
         ...
 
     def copy(
-        self, source: SourceObject, name: str, *, cancel: threading.Event, journal: ObjectJournal
+        self,
+        source: SourceObject,
+        name: str,
+        *,
+        cancel: threading.Event,
+        journal: ObjectJournal,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
-        """Copy ``source`` to ``name`` inside the store (only when :meth:`copies` said so)."""
+        """Copy ``source`` to ``name`` inside the store (only when :meth:`copies` said so).
+
+        ``metadata_for`` is asked once per copy with the metadata of the version copied.
+        """
         ...
 
     def write(
@@ -116,12 +130,17 @@ class Destination(Protocol):
         opened: OpenedObject,
         cancel: threading.Event,
         journal: ObjectJournal,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
-        """Stream ``chunks`` (the transformed body of ``opened``) to ``name``."""
+        """Stream ``chunks`` (the transformed body of ``opened``) to ``name``.
+
+        ``metadata_for`` is asked with ``opened.metadata`` before anything is written (a
+        folder's files carry no metadata: SFT never asks it).
+        """
         ...
 
-    def write_manifest(self, name: str, data: bytes, *, journal: ObjectJournal) -> Delivered:
-        """Write the route's manifest (small JSON) to ``name`` the same atomic way."""
+    def write_bytes(self, name: str, data: bytes, *, content_type: str, journal: ObjectJournal) -> Delivered:
+        """Write a small file of the route's own (the manifest, the control file) to ``name`` the same atomic way."""
         ...
 
     def record_delivered(self, delivered: Delivered, *, journal: ObjectJournal) -> None:

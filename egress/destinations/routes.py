@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from egress.destinations.base import Delivered, Destination, ObjectJournal
+from egress.destinations.base import Delivered, Destination, MetadataFor, ObjectJournal
 from egress.destinations.s3 import RoleClients, S3Destination, S3Target
 from egress.destinations.sft import SftDestination
-from egress.errors import error_code, translate_client_error
+from egress.errors import PermanentError, Reason, error_code, translate_client_error
 from egress.ledger_table import DONE, SFT_DELIVERED_STATES, UNSENT_KEY, UPLOADING, WRITTEN, ObjectRecord
 from egress.routing import Route, RouteMatch
 from egress.sources import OpenedObject, SourceObject
@@ -48,6 +48,12 @@ class Destinations:
     def for_route(self, match: RouteMatch, *, taken_over: bool) -> Destination:
         """The destination of one delivery of ``match``; ``taken_over`` when its claim was a lapsed one's."""
         route = match.route
+        if route.rewrap_datakey and (route.transfer_type != "S3" or route.decrypt):
+            # Routing refuses these rows too; a re-wrapped key only travels as S3 metadata,
+            # and a decrypted body has no key left to re-wrap.
+            raise PermanentError(
+                Reason.INVALID_ROUTE, "rewrap_datakey applies to S3 routes that do not decrypt"
+            )
         if route.transfer_type == "SFT":
             return SftRouteDestination(
                 self.sft,
@@ -133,11 +139,21 @@ class S3RouteDestination:
             self._abort_open_uploads(name)
 
     def copy(
-        self, source: SourceObject, name: str, *, cancel: threading.Event, journal: ObjectJournal
+        self,
+        source: SourceObject,
+        name: str,
+        *,
+        cancel: threading.Event,
+        journal: ObjectJournal,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
         """CopyObject, or a multipart copy (recorded ``uploading`` as it starts) above the threshold."""
         return self._own.copy(
-            source, self._target(name), cancel=cancel, on_upload_started=self._upload_started(journal)
+            source,
+            self._target(name),
+            cancel=cancel,
+            on_upload_started=self._upload_started(journal),
+            metadata_for=metadata_for,
         )
 
     def write(
@@ -148,22 +164,25 @@ class S3RouteDestination:
         opened: OpenedObject,
         cancel: threading.Event,
         journal: ObjectJournal,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
         """A streamed upload; a multipart one is recorded ``uploading`` the moment it exists."""
         route = self._route
         # Undecrypted bytes keep their envelope metadata, or they could never be read.
+        metadata = {} if route.decrypt else dict(opened.metadata)
+        replaced = metadata_for(opened.metadata) if metadata_for is not None else None
         target = self._target(
             name,
-            metadata={} if route.decrypt else dict(opened.metadata),
+            metadata=metadata if replaced is None else dict(replaced),
             content_type=None if route.compress else opened.content_type,
         )
         return self._writer().upload(
             target, chunks, cancel=cancel, on_upload_started=self._upload_started(journal)
         )
 
-    def write_manifest(self, name: str, data: bytes, *, journal: ObjectJournal) -> Delivered:
-        """One small upload, ``application/json``."""
-        target = self._target(name, content_type="application/json")
+    def write_bytes(self, name: str, data: bytes, *, content_type: str, journal: ObjectJournal) -> Delivered:
+        """One small upload."""
+        target = self._target(name, content_type=content_type)
         return self._writer().upload(target, iter([data]))
 
     def record_delivered(self, delivered: Delivered, *, journal: ObjectJournal) -> None:
@@ -276,7 +295,13 @@ class SftRouteDestination:
         self._sft.ensure_space(source.size, path=self._sft.resolve(name))
 
     def copy(
-        self, source: SourceObject, name: str, *, cancel: threading.Event, journal: ObjectJournal
+        self,
+        source: SourceObject,
+        name: str,
+        *,
+        cancel: threading.Event,
+        journal: ObjectJournal,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
         """Not offered (:meth:`copies` is always false)."""
         raise NotImplementedError("an SFT folder has no server-side copy")
@@ -289,11 +314,12 @@ class SftRouteDestination:
         opened: OpenedObject,
         cancel: threading.Event,
         journal: ObjectJournal,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
-        """A temp file, fsync'd, recorded ``written``, then renamed to ``name``."""
+        """A temp file, fsync'd, recorded ``written``, then renamed to ``name`` (files carry no metadata)."""
         return self._sft.write(name, chunks, cancel=cancel, before_commit=self._before_rename(name, journal))
 
-    def write_manifest(self, name: str, data: bytes, *, journal: ObjectJournal) -> Delivered:
+    def write_bytes(self, name: str, data: bytes, *, content_type: str, journal: ObjectJournal) -> Delivered:
         """Written and recorded as any file is."""
         return self._sft.write_bytes(name, data, before_commit=self._before_rename(name, journal))
 

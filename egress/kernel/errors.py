@@ -37,6 +37,9 @@ class Reason(enum.StrEnum):
     AUTHENTICATION_FAILED = "authentication_failed"
     # The data key is wrapped by a KMS key outside the allowed list (or none is configured).
     KEY_NOT_ALLOWED = "key_not_allowed"
+    # A re-wrap route's recipient key cannot be had: its SSM parameter is missing, is not
+    # the JSON ``{"KeyId", "PublicKey"}``, or holds no RSA public key of 2048 bits or more.
+    REWRAP_KEY_UNAVAILABLE = "rewrap_key_unavailable"
     # An object would be delivered under a name the destination refuses (escapes, too long).
     UNSAFE_KEY = "unsafe_key"
     # The source object is gone (404, NoSuchKey).

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from enum import Enum
+from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -56,45 +56,29 @@ from egress.transforms.esdk import (
     EsdkBodyError,
     esdk_plaintext,
     esdk_provider,
-    looks_like_esdk,
     recorded_kms_failures,
+)
+from egress.transforms.formats import (
+    ENVELOPE_KEYS,
+    HEAD_BYTES,
+    EncryptionFormat,
+    classify,
+    detect,
+    strip_meta,
 )
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
 
 
-class EncryptionFormat(Enum):
-    """What an object's metadata and first bytes say it is."""
+@dataclass(frozen=True)
+class Decrypted:
+    """An object's format and its plaintext chunks (its own bytes when it is ``NONE``)."""
 
-    ENVELOPE = "envelope"
-    ESDK = "esdk"
-    S3EC = "s3ec"
-    NONE = "none"
+    format: EncryptionFormat
+    chunks: Iterator[bytes]
 
 
-_ENVELOPE_KEYS = ("datakeyencryptionkeyid", "ciphertext", "iv")
-# S3 Encryption Client metadata: v1/v2 and the key-committing v3 (compressed names).
-_S3EC_KEYS = frozenset(
-    {
-        "x-amz-key",
-        "x-amz-key-v2",
-        "x-amz-cek-alg",
-        "x-amz-wrap-alg",
-        "x-amz-matdesc",
-        "x-amz-tag-len",
-        "x-amz-3",
-        "x-amz-c",
-        "x-amz-w",
-        "x-amz-d",
-        "x-amz-i",
-        "x-amz-m",
-        "x-amz-t",
-    }
-)
-# How many leading bytes detection looks at: enough for any ESDK header we accept
-# (at most 5 encrypted data keys of a few hundred bytes each).
-_HEAD_BYTES = 128 * 1024
 # KMS refusing a ciphertext because it was wrapped by another key than the one named.
 _S3EC_OTHER_KEY_CODES = frozenset({"IncorrectKeyException", "AccessDeniedException"})
 # Keys the S3 Encryption Client puts in the encryption context itself.
@@ -105,14 +89,6 @@ _KMS_AUTH_CODES = frozenset(
 _KMS_RETRY_CODES = frozenset(
     {"KMSInternalException", "DependencyTimeoutException", "KMSInvalidStateException"}
 )
-
-
-def _strip_meta(metadata: Mapping[str, str]) -> dict[str, str]:
-    prefix = "x-amz-meta-"
-    return {
-        (name.lower()[len(prefix) :] if name.lower().startswith(prefix) else name.lower()): value
-        for name, value in metadata.items()
-    }
 
 
 def _key_id_matches(key_id: str, allowed: Sequence[str]) -> bool:
@@ -185,18 +161,6 @@ class Decryptor:
         self._key_cache_seconds = key_cache_seconds
         self._key_cache_size = key_cache_size
 
-    # -- detection ---------------------------------------------------------------------
-    def detect(self, *, metadata: Mapping[str, str], head: bytes) -> EncryptionFormat:
-        """Which format an object is in, from its user metadata and first bytes."""
-        meta = _strip_meta(metadata)
-        if all(name in meta for name in _ENVELOPE_KEYS):
-            return EncryptionFormat.ENVELOPE
-        if _S3EC_KEYS & set(meta):
-            return EncryptionFormat.S3EC
-        if looks_like_esdk(head):
-            return EncryptionFormat.ESDK
-        return EncryptionFormat.NONE
-
     # -- decryption --------------------------------------------------------------------
     def decrypt(
         self,
@@ -206,10 +170,28 @@ class Decryptor:
         chunks: Iterator[bytes],
         size: int | None = None,
     ) -> Iterator[bytes]:
-        """Plaintext chunks of ``chunks``; raises the reason if the object cannot be trusted.
+        """Plaintext chunks of an object that must be encrypted; raises the reason if it cannot be trusted.
 
-        ``size`` is the object's length (the ciphertext's); S3 Encryption Client objects
-        need it to find their trailing authentication tag.
+        An object with no marker of any format is ``unknown_encryption`` here (delivery
+        uses :meth:`open`, which passes it through). ``size`` is the object's length: S3
+        Encryption Client objects need it to find their trailing tag.
+        """
+        return self.open(source=source, metadata=metadata, chunks=chunks, size=size).chunks
+
+    def open(
+        self,
+        *,
+        source: str,
+        metadata: Mapping[str, str],
+        chunks: Iterator[bytes],
+        size: int | None = None,
+        instruction_file_exists: Callable[[], bool] | None = None,
+    ) -> Decrypted:
+        """The object's format and plaintext, for a decrypt route (see :meth:`decrypt`).
+
+        With ``instruction_file_exists`` (:func:`.formats.classify`) an object with no marker of any
+        format passes through as it is (``NONE``), as the replaced system delivered it;
+        without, it is ``unknown_encryption``.
         """
         iterator = iter(chunks)
         # Peek: gather the first few KiB (usually the first chunk alone) for detection,
@@ -219,24 +201,50 @@ class Decryptor:
         for piece in iterator:
             pieces.append(piece)
             gathered += len(piece)
-            if gathered >= _HEAD_BYTES:
+            if gathered >= HEAD_BYTES:
                 break
         head = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         stream = chain([head], iterator) if head else iterator
-        fmt = self.detect(metadata=metadata, head=head)
+        if instruction_file_exists is None:
+            fmt = detect(metadata=metadata, head=head)
+        else:
+            fmt = classify(
+                source=source, metadata=metadata, head=head, instruction_file_exists=instruction_file_exists
+            )
         if fmt is EncryptionFormat.ENVELOPE:
-            return self._envelope(source, _strip_meta(metadata), stream)
+            return Decrypted(fmt, self._envelope(source, strip_meta(metadata), stream))
         if fmt is EncryptionFormat.ESDK:
-            return self._esdk(source, stream)
+            return Decrypted(fmt, self._esdk(source, stream))
         if fmt is EncryptionFormat.S3EC:
-            return self._s3ec(source, _strip_meta(metadata), stream, size=size)
+            return Decrypted(fmt, self._s3ec(source, strip_meta(metadata), stream, size=size))
+        if instruction_file_exists is not None:
+            return Decrypted(fmt, stream)
         raise PermanentError(
             Reason.UNKNOWN_ENCRYPTION,
-            f"{source}: no envelope metadata and not an Encryption SDK message; a decrypt route never "
-            "delivers it as is",
+            f"{source}: no envelope metadata and not an Encryption SDK message; it cannot be decrypted",
         )
 
     def _envelope(self, source: str, meta: Mapping[str, str], chunks: Iterator[bytes]) -> Iterator[bytes]:
+        data_key, iv = self._envelope_key(source, meta)
+        decryptor = Cipher(algorithms.AES(data_key), modes.CTR(iv)).decryptor()
+        return self._ctr_stream(decryptor, chunks)
+
+    def envelope_data_key(self, *, source: str, metadata: Mapping[str, str]) -> bytes:
+        """The 32-byte data key of an envelope object, unwrapped by KMS (for re-wrapping).
+
+        The checks of decrypting apply (``key_not_allowed``, ``authentication_failed``);
+        the caller keeps the key no longer than it needs it, and never logs it.
+        """
+        meta = strip_meta(metadata)
+        missing = [name for name in ENVELOPE_KEYS if name not in meta]
+        if missing:
+            raise PermanentError(
+                Reason.UNKNOWN_ENCRYPTION, f"{source}: no envelope metadata ({', '.join(missing)} missing)"
+            )
+        return self._envelope_key(source, meta)[0]
+
+    def _envelope_key(self, source: str, meta: Mapping[str, str]) -> tuple[bytes, bytes]:
+        """(data key, iv) of an envelope object, every check made."""
         key_id = meta["datakeyencryptionkeyid"]
         # Fail closed, like the other formats: an empty allow-list allows no key (the
         # key id comes from object metadata, which whoever writes the object chooses).
@@ -259,9 +267,7 @@ class Decryptor:
             raise PermanentError(
                 Reason.AUTHENTICATION_FAILED, f"{source}: envelope iv is {len(iv)} bytes, not 16"
             )
-        data_key = self._unwrap(source, key_id, blob)
-        decryptor = Cipher(algorithms.AES(data_key), modes.CTR(iv)).decryptor()
-        return self._ctr_stream(decryptor, chunks)
+        return self._unwrap(source, key_id, blob), iv
 
     @staticmethod
     def _ctr_stream(decryptor: Any, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -402,10 +408,10 @@ class Decryptor:
                     continue
                 raise _kms_error(source, exc) from exc
             except S3EncryptionClientSecurityError as exc:
-                raise _not_authentic(f"{source}: S3 Encryption Client: {exc}") from exc
+                raise _not_authentic(f"{source}: S3 Encryption Client: {_one_line(exc)}") from exc
             except S3EncryptionClientError as exc:
                 raise PermanentError(
-                    Reason.UNKNOWN_ENCRYPTION, f"{source}: S3 Encryption Client: {exc}"
+                    Reason.UNKNOWN_ENCRYPTION, f"{source}: S3 Encryption Client: {_one_line(exc)}"
                 ) from exc
             except BotoCoreError as exc:
                 raise _kms_unreachable(source, exc) from exc
@@ -487,3 +493,8 @@ def _kms_error(source: str, exc: ClientError) -> EgressError:
     if isinstance(error, RetryableError):
         return RetryableError(Reason.KMS_UNAVAILABLE, error.detail)
     return error
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's message on one line (some span several): a detail is one human line."""
+    return " ".join(str(exc).split())[:300]

@@ -930,6 +930,17 @@ data "aws_iam_policy_document" "service_boundary" {
   }
 
   dynamic "statement" {
+    for_each = length(var.rewrap_key_parameter_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "RewrapKeyParameters"
+      effect    = "Allow"
+      actions   = ["ssm:GetParameter"]
+      resources = var.rewrap_key_parameter_arns
+    }
+  }
+
+  dynamic "statement" {
     for_each = length(var.sft_secret_arns) > 0 ? [1] : []
 
     content {

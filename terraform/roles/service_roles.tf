@@ -161,6 +161,18 @@ data "aws_iam_policy_document" "worker" {
     }
   }
 
+  # Re-wrap routes without role_arn read the recipient's public key with the task role.
+  dynamic "statement" {
+    for_each = length(var.rewrap_key_parameter_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "ReadRewrapKeyParameters"
+      effect    = "Allow"
+      actions   = ["ssm:GetParameter"]
+      resources = var.rewrap_key_parameter_arns
+    }
+  }
+
   dynamic "statement" {
     for_each = length(var.destination_role_arns) > 0 ? [1] : []
 

@@ -175,6 +175,23 @@ variable "destination_role_arns" {
   }
 }
 
+variable "rewrap_key_parameter_arns" {
+  description = <<-EOT
+    SSM parameters the worker may read (ssm:GetParameter) for re-wrap routes that write
+    with its own role: their encrypting_key_ssm_parm_name, the recipient's RSA public key.
+    Full parameter ARNs, or a path ending in '/*' for every parameter below it. A route with
+    role_arn reads its parameter as that role (the other account grants it). A SecureString
+    parameter's KMS key goes into source_kms_key_arns.
+  EOT
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.rewrap_key_parameter_arns : can(regex("^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*(/\\*)?$", arn))])
+    error_message = "rewrap_key_parameter_arns: full SSM parameter ARNs, or a parameter path ending in '/*' (no other wildcard)."
+  }
+}
+
 variable "destination_locations" {
   description = "Same-account destinations the worker writes with its own role (routes without role_arn): bucket and key prefix."
   type = list(object({

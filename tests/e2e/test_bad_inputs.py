@@ -158,10 +158,13 @@ def test_corpus_of_bad_messages_and_routes(stack: Stack, start_worker: Callable[
         objects={".hidden": b"x"},
     )
     case(
-        "plain-under-decrypt",
+        "instruction-file-under-decrypt",
         "unknown_encryption",
         route={**s3_route, "decrypt": True},
-        objects={"plain.csv": b"not encrypted at all"},
+        objects={
+            "data.bin": b"\x8a ciphertext",
+            "data.bin.instruction": json.dumps(S3EC_V2_METADATA).encode(),
+        },
     )
     case(
         "s3ec-v2-forged-data-key",

@@ -82,7 +82,7 @@ def test_tampered_wrong_key_and_unknown_format_end_in_dlq(
     cases = {
         "tampered/": ("data.bin", bytes(message), {}, "authentication_failed"),
         "wrongkey/": ("data.bin", esdk_message(stack, other_key), {}, "key_not_allowed"),
-        "unknown/": ("data.bin", b"PK\x03\x04 a zip file, not encrypted", {}, "unknown_encryption"),
+        "unknown/": ("data.bin", b"PK\x03\x04 a zip file", {"x-amz-key": "djE="}, "unknown_encryption"),
         "s3ectag/": (
             "data.bin",
             s3ec_body[:-1] + bytes([s3ec_body[-1] ^ 1]),

@@ -495,9 +495,20 @@ def test_worker_decrypts_with_named_keys_and_assumes_named_roles() -> None:
             )
         if "sts:AssumeRole" in statement.actions:
             assert resources == "${var.destination_role_arns}", statement.origin
-    for name in ("source_kms_key_arns", "destination_kms_key_arns", "destination_role_arns"):
+        if any(service_of(action) == "ssm" for action in statement.actions):
+            # Re-wrap routes' recipient keys: read-only, on the parameters named, nothing else.
+            assert statement.actions == ["ssm:GetParameter"], statement.origin
+            assert resources == "${var.rewrap_key_parameter_arns}", statement.origin
+    for name in (
+        "source_kms_key_arns",
+        "destination_kms_key_arns",
+        "destination_role_arns",
+        "rewrap_key_parameter_arns",
+    ):
         validation = as_text(declared(ROLES)["variable"][name].get("validation"))
         assert "regex" in validation, f"var.{name} accepts anything (wildcards included)"
+    statements = worker_statements()
+    assert "ReadRewrapKeyParameters" in statements, "re-wrap routes cannot read their recipient's key"
 
 
 def test_worker_touches_only_the_named_tables_and_queues() -> None:

@@ -23,7 +23,8 @@ from egress.aws import AwsClients, AwsConfig, build_clients
 from egress.devstack.encrypt import envelope_encrypt, esdk_encrypt_stream, s3ec_encrypt
 from egress.errors import PermanentError, Reason, RetryableError
 from egress.streams import rechunk
-from egress.transforms.decrypt import Decryptor, EncryptionFormat
+from egress.transforms.decrypt import Decryptor
+from egress.transforms.formats import EncryptionFormat, detect
 from tests.conftest import REGION
 from tests.support.ports import free_port
 
@@ -74,7 +75,7 @@ def test_envelope_round_trip_byte_identical(aws: AwsClients, key_arn: str) -> No
     metadata, body = envelope_object(aws, key_arn)
     assert body != PLAIN and len(body) == len(PLAIN)
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
-    assert decryptor.detect(metadata=metadata, head=body[:64]) is EncryptionFormat.ENVELOPE
+    assert detect(metadata=metadata, head=body[:64]) is EncryptionFormat.ENVELOPE
     assert decrypt_all(decryptor, body, metadata) == PLAIN
 
 
@@ -92,7 +93,7 @@ def test_esdk_multi_frame_round_trip_byte_identical(aws: AwsClients, key_arn: st
     message = esdk_message(aws, key_arn)
     assert message[:1] == b"\x02" and PLAIN not in message
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=64 * 1024)
-    assert decryptor.detect(metadata={}, head=message[:4096]) is EncryptionFormat.ESDK
+    assert detect(metadata={}, head=message[:4096]) is EncryptionFormat.ESDK
     chunks = list(decryptor.decrypt(source="s3://src/obj", metadata={}, chunks=pieces(message)))
     assert b"".join(chunks) == PLAIN
     assert len(chunks) > 1  # streamed, not one object in memory
@@ -248,7 +249,7 @@ def test_s3ec_round_trip_byte_identical(
     body, metadata = s3ec_object(aws, key_arn, version, context)
     assert len(body) == len(PLAIN) + 16 and PLAIN[:64] not in body
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=64 * 1024)
-    assert decryptor.detect(metadata=metadata, head=body[:4096]) is EncryptionFormat.S3EC
+    assert detect(metadata=metadata, head=body[:4096]) is EncryptionFormat.S3EC
     chunks = s3ec_decrypt(decryptor, body, metadata)
     assert b"".join(chunks) == PLAIN
     assert len(chunks) > 1  # streamed
@@ -339,6 +340,36 @@ def test_plain_object_is_unknown_encryption(aws: AwsClients, key_arn: str, body:
         decrypt_all(Decryptor(aws.kms, allowed_key_arns=[key_arn]), body, {"owner": "team"})
     assert caught.value.reason == Reason.UNKNOWN_ENCRYPTION
     assert "no envelope metadata and not an Encryption SDK message" in caught.value.detail
+
+
+def test_open_names_each_format_and_passes_a_plain_object_through(aws: AwsClients, key_arn: str) -> None:
+    """What a decrypt route records: the format found, and for a plain object its own bytes."""
+    envelope_metadata, envelope_body = envelope_object(aws, key_arn)
+    s3ec_body, s3ec_metadata = s3ec_object(aws, key_arn, "v3")
+    asked: list[str] = []
+
+    def no_instruction_file() -> bool:
+        asked.append("instruction")
+        return False
+
+    decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
+    cases = [
+        (envelope_body, envelope_metadata, EncryptionFormat.ENVELOPE, PLAIN),
+        (esdk_message(aws, key_arn), {}, EncryptionFormat.ESDK, PLAIN),
+        (s3ec_body, s3ec_metadata, EncryptionFormat.S3EC, PLAIN),
+        (PLAIN, {"owner": "team"}, EncryptionFormat.NONE, PLAIN),
+    ]
+    for body, metadata, fmt, expected in cases:
+        opened = decryptor.open(
+            source="s3://src/obj",
+            metadata=metadata,
+            chunks=pieces(body),
+            size=len(body),
+            instruction_file_exists=no_instruction_file,
+        )
+        assert opened.format is fmt
+        assert b"".join(opened.chunks) == expected, fmt
+    assert asked == ["instruction"]  # only the object with no marker at all
 
 
 def test_envelope_data_key_cache_hits_and_expiry(aws: AwsClients, key_arn: str) -> None:

@@ -695,6 +695,92 @@ def test_multipart_copy_above_the_threshold(aws: AwsClients, unique: str) -> Non
     assert aws.s3.list_multipart_uploads(Bucket=target_bucket).get("Uploads", []) == []
 
 
+@pytest.mark.parametrize("multipart", [False, True])
+def test_copy_with_metadata_of_its_own_replaces_the_source_metadata(
+    aws: AwsClients, unique: str, multipart: bool
+) -> None:
+    source = make_bucket(aws, f"src-{unique}")
+    target_bucket = make_bucket(aws, f"dst-{unique}")
+    total = 12 * MIB + 5 if multipart else 300_000
+    S3Destination(aws.s3, config=SMALL).upload(
+        S3Target(source, "in/a.enc", metadata=ENVELOPE, content_type="application/x-enc"), generated(total)
+    )
+    listed = aws.s3.list_objects_v2(Bucket=source)["Contents"][0]
+    config = TransferConfig(copy_threshold=MIB if multipart else 5 * MIB, copy_part_size=5 * MIB)
+    calls = Calls(aws.s3)
+    created: list[dict[str, Any]] = []
+    aws.s3.meta.events.register(
+        "before-parameter-build.s3.CreateMultipartUpload", lambda params, **_: created.append(dict(params))
+    )
+    seen: list[dict[str, str]] = []
+
+    def rewrapped(metadata: Any) -> dict[str, str]:
+        seen.append(dict(metadata))
+        return {"iv": metadata["iv"], "datakeyencryptionkeyid": "recipient", "ciphertext": "bmV3"}
+
+    S3Destination(aws.s3, config=config).copy(
+        SourceObject(source, "in/a.enc", total, etag=listed["ETag"].strip('"')),
+        S3Target(target_bucket, "out/a.enc"),
+        metadata_for=rewrapped,
+    )
+
+    counts = dict(calls.counts)
+    assert counts.get("GetObject", 0) == 0 and counts["HeadObject"] == 1  # no byte through the worker
+    assert seen == [ENVELOPE]  # asked once, with the source's metadata
+    expected = {"iv": ENVELOPE["iv"], "datakeyencryptionkeyid": "recipient", "ciphertext": "bmV3"}
+    head = aws.s3.head_object(Bucket=target_bucket, Key="out/a.enc")
+    assert head["Metadata"] == expected
+    assert head["ContentType"] == "application/x-enc"  # REPLACE drops it unless it is set again
+    assert sha_of(aws, target_bucket, "out/a.enc") == sha_and_size(generated(total))
+    if multipart:
+        assert [call["Metadata"] for call in created] == [expected]
+    else:
+        assert counts["CopyObject"] == 1 and created == []
+
+
+def test_copy_keeps_the_source_metadata_when_metadata_for_says_none(aws: AwsClients, bucket: str) -> None:
+    aws.s3.put_object(Bucket=bucket, Key="plain.csv", Body=b"a,b\n", Metadata={"owner": "team"})
+    S3Destination(aws.s3, config=SMALL).copy(
+        SourceObject(bucket, "plain.csv", 4), S3Target(bucket, "copy.csv"), metadata_for=lambda metadata: None
+    )
+    assert aws.s3.head_object(Bucket=bucket, Key="copy.csv")["Metadata"] == {"owner": "team"}
+
+
+def test_s3_route_write_gives_the_upload_the_metadata_of_metadata_for(aws: AwsClients, bucket: str) -> None:
+    destination = s3_route(aws, bucket)
+    opened = OpenedObject(size=3, metadata=ENVELOPE, content_type="application/x-enc", chunks=iter([b"abc"]))
+    destination.write(
+        "out/r",
+        opened.chunks,
+        opened=opened,
+        cancel=threading.Event(),
+        journal=RecordingJournal(),
+        metadata_for=lambda metadata: {"iv": metadata["iv"], "ciphertext": "bmV3"},
+    )
+    head = aws.s3.head_object(Bucket=bucket, Key="out/r")
+    assert head["Metadata"] == {"iv": ENVELOPE["iv"], "ciphertext": "bmV3"}
+
+
+def test_role_ssm_client_reads_as_the_role_and_follows_the_assumed_session(
+    aws: AwsClients, unique: str
+) -> None:
+    name = f"/egress-test/{unique}"
+    aws.ssm.put_parameter(Name=name, Value="v", Type="String")
+    role_arn = "arn:aws:iam::123456789012:role/egress-reader"
+    now = time.time()
+    clock = [now]
+    roles = RoleClients(aws, session_name="s", clock=lambda: clock[0])
+
+    client = roles.ssm_client_for(role_arn)
+    assert client.get_parameter(Name=name)["Parameter"]["Value"] == "v"
+    assert roles.ssm_client_for(role_arn) is client  # made once per assumed role
+    assert client.meta.region_name == REGION
+    entry = roles.cached(role_arn)
+    assert entry is not None
+    clock[0] = entry.expires_at - 299  # the role is assumed again: a client of the new session
+    assert roles.ssm_client_for(role_arn) is not client
+
+
 def test_failed_part_copy_aborts_the_multipart_copy(single_try_aws: AwsClients, bucket: str) -> None:
     s3 = single_try_aws.s3
     S3Destination(s3, config=SMALL).upload(S3Target(bucket, "src"), generated(16 * MIB))

@@ -498,7 +498,9 @@ def test_sft_route_records_the_file_before_the_rename_and_nothing_after(root: Pa
     assert extra["sft_path"] == "w/a.csv" and extra["unsent"] == UNSENT_KEY
     assert extra["temp_name"].startswith(".a.csv.") and extra["temp_name"].endswith(".part")
     assert journal.later == []  # the row was written before the file became visible
-    manifest = destination.write_manifest("w/manifest.json", b"{}", journal=journal)
+    manifest = destination.write_bytes(
+        "w/manifest.json", b"{}", content_type="application/json", journal=journal
+    )
     assert journal.now[-1][0] == WRITTEN and journal.now[-1][1] == manifest
     assert (root / "w" / "manifest.json").read_bytes() == b"{}"
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from egress.destinations.base import Delivered, raise_if_cancelled
+from egress.destinations.base import Delivered, MetadataFor, raise_if_cancelled
 from egress.destinations.s3.config import GIB, KIB, MIB, TransferConfig
 from egress.destinations.s3.copy import MultipartCopyTask, copy_object
 from egress.destinations.s3.multipart import TransferContext
@@ -98,18 +98,25 @@ class S3Destination:
         *,
         cancel: threading.Event | None = None,
         on_upload_started: Callable[[str], None] | None = None,
+        metadata_for: MetadataFor | None = None,
     ) -> Delivered:
         """Copy ``source`` to ``target`` inside S3; no object bytes pass through the worker.
 
         One CopyObject up to ``copy_threshold``, a multipart copy above it (whose upload id
         goes to ``on_upload_started`` as for :meth:`upload`). Metadata and content headers
-        travel with the object; the target's ACL and SSE-KMS key apply. ``sha256`` of the
+        travel with the object, unless ``metadata_for`` (asked with the source's metadata)
+        gives the copy its own; the target's ACL and SSE-KMS key apply. ``sha256`` of the
         result is S3's full-object SHA-256 when it returned one, else ``None``.
         """
         raise_if_cancelled(cancel)
         if source.size <= self.config.copy_threshold or source.size == 0:
-            return copy_object(self._context, source, target)
+            return copy_object(self._context, source, target, metadata_for=metadata_for)
         task = MultipartCopyTask(
-            self._context, target, source=source, cancel=cancel, on_upload_started=on_upload_started
+            self._context,
+            target,
+            source=source,
+            cancel=cancel,
+            on_upload_started=on_upload_started,
+            metadata_for=metadata_for,
         )
         return task.run()

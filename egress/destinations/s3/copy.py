@@ -1,21 +1,22 @@
 """Server-side copies: one CopyObject up to ``copy_threshold``, a bounded multipart UploadPartCopy above it.
 
 No object bytes pass through the worker. Metadata and content headers travel with the
-object (the envelope of an encrypted object included); the target's ACL and SSE-KMS key
-apply. Every part is copied from the version first seen (``CopySourceIfMatch``), never a
-mix of two.
+object (the envelope of an encrypted object included), unless a ``metadata_for`` gives
+the copy metadata of its own (a re-wrapped envelope: ``MetadataDirective=REPLACE``, the
+content headers carried over by hand); the target's ACL and SSE-KMS key apply. Every
+part is copied from the version first seen (``CopySourceIfMatch``), never a mix of two.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
-from egress.destinations.base import Delivered, raise_if_cancelled
+from egress.destinations.base import Delivered, MetadataFor, raise_if_cancelled
 from egress.destinations.s3.config import MAX_PART_SIZE, MAX_PARTS, MIB
 from egress.destinations.s3.multipart import MultipartTask, MultipartUpload, PartWindow, TransferContext
 from egress.destinations.s3.target import S3Target
@@ -32,10 +33,18 @@ log = structlog.get_logger("egress.destinations.s3")
 _COPIED_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl")
 
 
-def copy_object(context: TransferContext, source: SourceObject, target: S3Target) -> Delivered:
+def copy_object(
+    context: TransferContext,
+    source: SourceObject,
+    target: S3Target,
+    *,
+    metadata_for: MetadataFor | None = None,
+) -> Delivered:
     """One CopyObject of ``source`` (the listed version) to ``target``, metadata and headers kept.
 
-    ``sha256`` of the result is S3's full-object SHA-256 when it returned one, else ``None``.
+    With ``metadata_for``, a HeadObject of the listed version gives the source's metadata
+    to it first; new metadata replaces the source's. ``sha256`` of the result is S3's
+    full-object SHA-256 when it returned one, else ``None``.
     """
     arguments = target.request_arguments()
     arguments["CopySource"] = {"Bucket": source.bucket, "Key": source.key}
@@ -44,6 +53,14 @@ def copy_object(context: TransferContext, source: SourceObject, target: S3Target
     if source.etag:
         # The listing is the plan: copy the version that was listed, not a newer one.
         arguments["CopySourceIfMatch"] = quoted(source.etag)
+    if metadata_for is not None:
+        head_arguments: dict[str, Any] = {"Bucket": source.bucket, "Key": source.key}
+        if source.etag:
+            head_arguments["IfMatch"] = quoted(source.etag)  # the metadata of the version copied
+        head = call(context.s3.head_object, head_arguments, doing=f"reading {source.uri}")
+        replaced = metadata_for(dict(head.get("Metadata", {})))
+        if replaced is not None:
+            arguments.update(_replacing(head, replaced))
     if context.config.send_checksums:
         arguments["ChecksumAlgorithm"] = "SHA256"
     response = call(context.s3.copy_object, arguments, doing=f"copying {source.uri} to {target.uri}")
@@ -62,9 +79,11 @@ class MultipartCopyTask(MultipartTask):
         source: SourceObject,
         cancel: threading.Event | None = None,
         on_upload_started: Callable[[str], None] | None = None,
+        metadata_for: MetadataFor | None = None,
     ) -> None:
         super().__init__(context, target, cancel=cancel, on_upload_started=on_upload_started)
         self._source = source
+        self._metadata_for = metadata_for
         self._doing = f"copying {source.uri} to {target.uri}"
 
     def run(self) -> Delivered:
@@ -78,8 +97,13 @@ class MultipartCopyTask(MultipartTask):
         size = int(head["ContentLength"])
         etag = str(head["ETag"])
         arguments = self._target.request_arguments()
-        # UploadPartCopy carries no metadata: take the source's, so the envelope travels.
-        arguments["Metadata"] = dict(head.get("Metadata", {}))
+        # UploadPartCopy carries no metadata: take the source's, so the envelope travels
+        # (or what metadata_for gives in its place, on CreateMultipartUpload as well).
+        metadata: Mapping[str, str] = dict(head.get("Metadata", {}))
+        replaced = self._metadata_for(metadata) if self._metadata_for is not None else None
+        if replaced is not None:
+            metadata = replaced
+        arguments["Metadata"] = dict(metadata)
         arguments.update({name: head[name] for name in _COPIED_HEADERS if head.get(name)})
         upload, window = self._open(arguments, doing=self._doing, thread_name="s3-copy-part")
         try:
@@ -123,6 +147,13 @@ class MultipartCopyTask(MultipartTask):
             doing=f"copying part {number} of {self._source.uri} to {self._target.uri}",
         )
         return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+
+def _replacing(head: Mapping[str, Any], metadata: Mapping[str, str]) -> dict[str, Any]:
+    """CopyObject arguments that give the copy ``metadata``; REPLACE drops the content headers, so they are set again."""
+    arguments: dict[str, Any] = {"MetadataDirective": "REPLACE", "Metadata": dict(metadata)}
+    arguments.update({name: head[name] for name in _COPIED_HEADERS if head.get(name)})
+    return arguments
 
 
 def copy_part_size(size: int, preferred: int) -> int:

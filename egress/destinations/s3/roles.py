@@ -1,4 +1,7 @@
-"""S3 clients acting as another account's role (``sts:AssumeRole``), cached per role by :class:`RoleClients`."""
+"""Clients acting as another account's role (``sts:AssumeRole``), cached per role by :class:`RoleClients`.
+
+S3 to write the route's destination; SSM to read a re-wrap route's recipient key there.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -14,7 +17,9 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from egress.errors import PermanentError, Reason, translate_client_error
 
 if TYPE_CHECKING:
+    import boto3
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
 
     from egress.aws import AwsClients
 
@@ -35,10 +40,14 @@ _SESSION_NAME_UNSAFE = re.compile(r"[^\w+=,.@-]")
 
 @dataclass(frozen=True)
 class AssumedRole:
-    """An S3 client acting as a role, and when its first credentials expire (epoch seconds)."""
+    """An S3 client acting as a role, and when its first credentials expire (epoch seconds).
+
+    ``session`` (renewing its credentials itself) makes the role's other clients.
+    """
 
     client: S3Client
     expires_at: float
+    session: boto3.session.Session = field(repr=False, compare=False)
 
 
 def assume_role(aws: AwsClients, *, role_arn: str, session_name: str) -> AssumedRole:
@@ -59,14 +68,17 @@ def assume_role(aws: AwsClients, *, role_arn: str, session_name: str) -> Assumed
         raise translate_client_error(exc, doing=doing) from exc
     credentials = response["Credentials"]
     # Credentials that renew themselves: an upload outliving this session goes on signed.
-    client = aws.s3_for_role(
+    session = aws.session_for_role(
         credentials, role_arn=role_arn, session_name=name, duration_seconds=ROLE_SESSION_SECONDS
     )
-    return AssumedRole(client=client, expires_at=credentials["Expiration"].timestamp())
+    client: S3Client = session.client(
+        "s3", endpoint_url=aws.config.endpoint_url, config=aws.config.botocore_config()
+    )
+    return AssumedRole(client=client, expires_at=credentials["Expiration"].timestamp(), session=session)
 
 
 class RoleClients:
-    """One S3 client per role ARN for cross-account writes, shared by the threads of one delivery service.
+    """One S3 client (and, when asked, one SSM client) per role ARN, shared by the threads of one delivery service.
 
     A role's client is assumed again ``ROLE_REFRESH_SECONDS`` before its credentials
     expire, and at most ``max_entries`` roles are kept (expired ones go first, then
@@ -87,6 +99,8 @@ class RoleClients:
         self._clock = clock
         self._max_entries = max_entries
         self._entries: dict[str, AssumedRole] = {}
+        # The SSM client of each role, with the assumed role (entry) it was made from.
+        self._ssm: dict[str, tuple[AssumedRole, SSMClient]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -100,16 +114,31 @@ class RoleClients:
 
     def client_for(self, role_arn: str) -> S3Client:
         """The S3 client acting as ``role_arn``, assumed now if none is cached or it is near expiry."""
+        return self._assumed(role_arn).client
+
+    def ssm_client_for(self, role_arn: str) -> SSMClient:
+        """An SSM client acting as ``role_arn`` (made once per assumed role, from its session)."""
+        assumed = self._assumed(role_arn)
+        with self._lock:
+            cached = self._ssm.get(role_arn)
+            if cached is not None and cached[0] is assumed:
+                return cached[1]
+        client = self._aws.ssm_for_session(assumed.session)
+        with self._lock:
+            self._ssm[role_arn] = (assumed, client)
+        return client
+
+    def _assumed(self, role_arn: str) -> AssumedRole:
         now = self._clock()
         with self._lock:
             entry = self._entries.get(role_arn)
             if entry is not None and entry.expires_at - now > ROLE_REFRESH_SECONDS:
-                return entry.client
+                return entry
         assumed = assume_role(self._aws, role_arn=role_arn, session_name=self._session_name)
         with self._lock:
             self._entries[role_arn] = assumed
             self._evict(now=now)
-        return assumed.client
+        return assumed
 
     def _evict(self, *, now: float) -> None:
         for arn in [
@@ -120,3 +149,5 @@ class RoleClients:
             by_expiry = sorted(self._entries, key=lambda arn: self._entries[arn].expires_at)
             for arn in by_expiry[: len(self._entries) - self._max_entries]:
                 del self._entries[arn]
+        for arn in [arn for arn in self._ssm if arn not in self._entries]:
+            del self._ssm[arn]

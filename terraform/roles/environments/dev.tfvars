@@ -18,6 +18,8 @@ source_kms_key_arns      = ["arn:aws:kms:eu-west-2:111111111111:key/00000000-000
 destination_role_arns    = ["arn:aws:iam::222222222222:role/data-egress-writer"]
 destination_locations    = [{ bucket = "example-dev-egress-landing", prefix = "opsmi/" }]
 destination_kms_key_arns = []
+# SSM parameters holding re-wrap routes' recipient keys (encrypting_key_ssm_parm_name).
+rewrap_key_parameter_arns = ["arn:aws:ssm:eu-west-2:111111111111:parameter/data-egress/rewrap/*"]
 sft_secret_arns = [
   "arn:aws:secretsmanager:eu-west-2:111111111111:secret:data-egress/sft/client-cert-AbCdEf",
   "arn:aws:secretsmanager:eu-west-2:111111111111:secret:data-egress/sft/client-key-AbCdEf",
