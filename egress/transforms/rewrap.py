@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -111,6 +111,7 @@ def parse_recipient_key(parameter: str, value: str) -> RecipientKey:
     return RecipientKey(key_id=key_id, public_key=public_key)
 
 
+@dataclass(eq=False)
 class RecipientKeys:
     """Recipients' keys by (role, parameter), read from SSM and cached briefly (bounded in size and age).
 
@@ -119,18 +120,13 @@ class RecipientKeys:
     by an operator is seen by the next delivery.
     """
 
-    def __init__(
-        self,
-        ssm_for: Callable[[str], SSMClient],
-        *,
-        max_age: float = 60.0,
-        size: int = 64,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._ssm_for = ssm_for
-        self._max_age = max_age
-        self._size = size
-        self._clock = clock
+    ssm_for: Callable[[str], SSMClient]
+    _: KW_ONLY
+    max_age: float = 60.0
+    size: int = 64
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
         self._entries: OrderedDict[tuple[str, str], tuple[float, RecipientKey]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -139,13 +135,13 @@ class RecipientKeys:
         name = (role_arn, parameter)
         with self._lock:
             entry = self._entries.get(name)
-            if entry is not None and self._clock() - entry[0] <= self._max_age:
+            if entry is not None and self.clock() - entry[0] <= self.max_age:
                 return entry[1]
         key = parse_recipient_key(parameter, self._read(parameter, role_arn=role_arn))
         with self._lock:
-            self._entries[name] = (self._clock(), key)
+            self._entries[name] = (self.clock(), key)
             self._entries.move_to_end(name)
-            while len(self._entries) > self._size:
+            while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return key
 
@@ -155,7 +151,7 @@ class RecipientKeys:
         doing = f"reading SSM parameter {parameter!r}" + (f" as {role_arn}" if role_arn else "")
         try:
             # WithDecryption: a SecureString parameter works too (a String one ignores it).
-            response = self._ssm_for(role_arn).get_parameter(Name=parameter, WithDecryption=True)
+            response = self.ssm_for(role_arn).get_parameter(Name=parameter, WithDecryption=True)
         except ParamValidationError:
             raise _unavailable(parameter, "not a valid parameter name") from None
         except ClientError as exc:
@@ -192,12 +188,12 @@ class Rewrapped:
     encryption: EncryptionFormat
 
 
+@dataclass(frozen=True)
 class Rewrapper:
     """Envelope metadata re-wrapped for a route's recipient; one per worker, shared by threads."""
 
-    def __init__(self, decryptor: Decryptor, keys: RecipientKeys) -> None:
-        self._decryptor = decryptor
-        self._keys = keys
+    decryptor: Decryptor
+    keys: RecipientKeys
 
     def rewrap(
         self,
@@ -234,8 +230,8 @@ class Rewrapper:
                 "and its own key is wrapped by a KMS key the recipient cannot use",
             )
         # The recipient's key first: a missing parameter fails before any KMS call.
-        recipient = self._keys.get(parameter, role_arn=role_arn)
-        wrapped = recipient.wrap(self._decryptor.envelope_data_key(source=source, metadata=meta))
+        recipient = self.keys.get(parameter, role_arn=role_arn)
+        wrapped = recipient.wrap(self.decryptor.envelope_data_key(source=source, metadata=meta))
         rewrapped = {name: meta[name] for name in KEPT_METADATA if name in meta}
         rewrapped["datakeyencryptionkeyid"] = recipient.key_id
         rewrapped["ciphertext"] = base64.b64encode(wrapped).decode("ascii")
