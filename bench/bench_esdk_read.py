@@ -80,7 +80,7 @@ def main() -> int:
         decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=chunk)
         pieces = (message[i : i + chunk] for i in range(0, len(message), chunk))
         started = time.perf_counter()
-        got = sum(len(p) for p in decryptor.decrypt(source="bench", metadata={}, chunks=pieces))
+        got = sum(len(p) for p in decryptor.open(source="bench", metadata={}, chunks=pieces).chunks)
         worker = time.perf_counter() - started
         assert got == size
 

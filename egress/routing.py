@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -429,27 +429,21 @@ def match_route(
     )
 
 
+@dataclass(eq=False)
 class RouteTable:
     """Finds a flag's routes with a bounded number of key lookups, cached briefly."""
 
-    def __init__(
-        self,
-        dynamodb: DynamoDBClient,
-        table_name: str,
-        *,
-        cache_seconds: float = 30.0,
-        cache_size: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
-        sft_root: Path = DEFAULT_SFT_ROOT,
-    ) -> None:
-        if not _TABLE_NAME.match(table_name):
-            raise ValueError(f"{table_name!r} is not a DynamoDB table name")
-        self._db = dynamodb
-        self._table = table_name
-        self._ttl = cache_seconds
-        self._size = cache_size
-        self._clock = clock
-        self._sft_root = sft_root
+    dynamodb: DynamoDBClient
+    table_name: str
+    _: KW_ONLY
+    cache_seconds: float = 30.0
+    cache_size: int = 1024
+    clock: Callable[[], float] = time.monotonic
+    sft_root: Path = DEFAULT_SFT_ROOT
+
+    def __post_init__(self) -> None:
+        if not _TABLE_NAME.match(self.table_name):
+            raise ValueError(f"{self.table_name!r} is not a DynamoDB table name")
         self._cache: OrderedDict[tuple[str, ...], tuple[float, list[Route]]] = OrderedDict()
 
     def find(self, event: FlagEvent) -> list[RouteMatch]:
@@ -464,7 +458,7 @@ class RouteTable:
         other_buckets: set[str] = set()
         disabled = 0
         for route in rows:
-            match = match_route(route, flag_prefix=flag_prefix, when=when, sft_root=self._sft_root)
+            match = match_route(route, flag_prefix=flag_prefix, when=when, sft_root=self.sft_root)
             if match is None:
                 continue
             if route.source_bucket and route.source_bucket != event.bucket:
@@ -475,7 +469,7 @@ class RouteTable:
                 continue
             matches.append(match)
         if not matches:
-            detail = f"no route for s3://{event.bucket}/{flag_prefix} in table {self._table}"
+            detail = f"no route for s3://{event.bucket}/{flag_prefix} in table {self.table_name}"
             if other_buckets:
                 detail += f"; {len(other_buckets)} bucket(s) have rows for this prefix: {', '.join(sorted(other_buckets))}"
             if disabled:
@@ -486,15 +480,15 @@ class RouteTable:
 
     def _rows(self, flag_prefix: str, when: datetime) -> list[Route]:
         cache_key = (flag_prefix, *(when.strftime(fmt) for fmt in PLACEHOLDERS.values()))
-        now = self._clock()
+        now = self.clock()
         cached = self._cache.get(cache_key)
-        if cached is not None and now - cached[0] < self._ttl:
+        if cached is not None and now - cached[0] < self.cache_seconds:
             self._cache.move_to_end(cache_key)
             return cached[1]
         rows = list(self._lookup(candidate_keys(flag_prefix, when)))
         self._cache[cache_key] = (now, rows)
         self._cache.move_to_end(cache_key)
-        while len(self._cache) > self._size:
+        while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return rows
 
@@ -505,7 +499,7 @@ class RouteTable:
             # it is used rather than IN because moto's PartiQL only honours IN's first value.
             condition = " OR ".join("source_prefix = ?" for _ in batch)
             # The table name is validated in __init__; the keys are bound parameters.
-            statement = f'SELECT * FROM "{self._table}" WHERE {condition}'  # noqa: S608
+            statement = f'SELECT * FROM "{self.table_name}" WHERE {condition}'  # noqa: S608
             token: str | None = None
             while True:
                 request: dict[str, Any] = {
@@ -516,9 +510,11 @@ class RouteTable:
                 if token:
                     request["NextToken"] = token
                 try:
-                    response = self._db.execute_statement(**request)
+                    response = self.dynamodb.execute_statement(**request)
                 except (ClientError, BotoCoreError) as exc:
-                    raise translate_client_error(exc, doing=f"looking up routes in {self._table}") from exc
+                    raise translate_client_error(
+                        exc, doing=f"looking up routes in {self.table_name}"
+                    ) from exc
                 for item in response.get("Items", []):
                     yield Route.from_item(item)
                 token = response.get("NextToken")

@@ -162,22 +162,6 @@ class Decryptor:
         self._key_cache_size = key_cache_size
 
     # -- decryption --------------------------------------------------------------------
-    def decrypt(
-        self,
-        *,
-        source: str,
-        metadata: Mapping[str, str],
-        chunks: Iterator[bytes],
-        size: int | None = None,
-    ) -> Iterator[bytes]:
-        """Plaintext chunks of an object that must be encrypted; raises the reason if it cannot be trusted.
-
-        An object with no marker of any format is ``unknown_encryption`` here (delivery
-        uses :meth:`open`, which passes it through). ``size`` is the object's length: S3
-        Encryption Client objects need it to find their trailing tag.
-        """
-        return self.open(source=source, metadata=metadata, chunks=chunks, size=size).chunks
-
     def open(
         self,
         *,
@@ -187,11 +171,13 @@ class Decryptor:
         size: int | None = None,
         instruction_file_exists: Callable[[], bool] | None = None,
     ) -> Decrypted:
-        """The object's format and plaintext, for a decrypt route (see :meth:`decrypt`).
+        """The object's format and plaintext, for a decrypt route; raises the reason if it cannot be trusted.
 
         With ``instruction_file_exists`` (:func:`.formats.classify`) an object with no marker of any
         format passes through as it is (``NONE``), as the replaced system delivered it;
-        without, it is ``unknown_encryption``.
+        without, it is ``unknown_encryption`` (for callers that require an encrypted object).
+        ``size`` is the object's length: S3 Encryption Client objects need it to find their
+        trailing tag.
         """
         iterator = iter(chunks)
         # Peek: gather the first few KiB (usually the first chunk alone) for detection,

@@ -90,9 +90,9 @@ def test_large_bodies_are_decrypted_with_a_few_chunks_in_memory(
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        for chunk in decryptor.decrypt(
+        for chunk in decryptor.open(
             source="s3://src/big", metadata={}, chunks=source(), size=len(message)
-        ):
+        ).chunks:
             if first_after is None:
                 first_after = consumed[0]
             digest.update(chunk)
@@ -143,10 +143,10 @@ def test_tampered_non_framed_message_is_refused_as_authentication_failed(
     data = os.urandom(3 * MIB + 5)
     message = esdk_message(aws, key_arn, data, frame_length=0, suite=suite)
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=256 * 1024)
-    assert b"".join(decryptor.decrypt(source="s3://src/ok", metadata={}, chunks=pieces(message))) == data
+    assert b"".join(decryptor.open(source="s3://src/ok", metadata={}, chunks=pieces(message)).chunks) == data
     for where, tampered in body_tamperings(message, len(data), signed=suite is SIGNED).items():
         with pytest.raises(PermanentError) as caught:
-            for _ in decryptor.decrypt(source="s3://src/bad", metadata={}, chunks=pieces(tampered)):
+            for _ in decryptor.open(source="s3://src/bad", metadata={}, chunks=pieces(tampered)).chunks:
                 pass
         assert caught.value.reason == Reason.AUTHENTICATION_FAILED, (where, caught.value.detail)
         if where == "trailing-bytes":
@@ -170,7 +170,7 @@ def test_tampered_non_framed_message_leaves_nothing_in_the_sft_folder(
             yield chunk
 
     for where, tampered in body_tamperings(message, len(data), signed=True).items():
-        plaintext = decryptor.decrypt(source="s3://src/bad", metadata={}, chunks=pieces(tampered))
+        plaintext = decryptor.open(source="s3://src/bad", metadata={}, chunks=pieces(tampered)).chunks
         with pytest.raises(PermanentError) as caught:
             sft.write("out/data.csv", watched(plaintext))
         assert caught.value.reason == Reason.AUTHENTICATION_FAILED, where
@@ -181,7 +181,7 @@ def test_tampered_non_framed_message_leaves_nothing_in_the_sft_folder(
     assert any(seen_during), "the body was not streamed into the temp file"
     assert all(name.startswith(".") and name.endswith(".part") for names in seen_during for name in names)
     delivered = sft.write(
-        "out/data.csv", decryptor.decrypt(source="s3://src/ok", metadata={}, chunks=pieces(message))
+        "out/data.csv", decryptor.open(source="s3://src/ok", metadata={}, chunks=pieces(message)).chunks
     )
     assert (tmp_path / "sft" / "out" / "data.csv").read_bytes() == data
     assert delivered.sha256 == hashlib.sha256(data).hexdigest()
@@ -199,7 +199,7 @@ def test_tampered_non_framed_message_leaves_no_object_and_no_upload(
     started: list[str] = []
     for where in ("tag", "signature"):
         tampered = body_tamperings(message, len(data), signed=True)[where]
-        plaintext = decryptor.decrypt(source="s3://src/bad", metadata={}, chunks=pieces(tampered))
+        plaintext = decryptor.open(source="s3://src/bad", metadata={}, chunks=pieces(tampered)).chunks
         with pytest.raises(PermanentError) as caught:
             uploader.upload(S3Target(bucket, "out/data.csv"), plaintext, on_upload_started=started.append)
         assert caught.value.reason == Reason.AUTHENTICATION_FAILED, where
@@ -220,9 +220,9 @@ def test_envelope_object_with_an_empty_allow_list_is_refused_before_kms(
     calls = count_kms_decrypts(aws)
     with pytest.raises(PermanentError) as caught:
         list(
-            Decryptor(aws.kms, allowed_key_arns=[]).decrypt(
-                source="s3://src/e", metadata=metadata, chunks=iter([ciphertext])
-            )
+            Decryptor(aws.kms, allowed_key_arns=[])
+            .open(source="s3://src/e", metadata=metadata, chunks=iter([ciphertext]))
+            .chunks
         )
     assert caught.value.reason == Reason.KEY_NOT_ALLOWED
     assert "EGRESS_KMS_KEY_ARNS is empty" in caught.value.detail
@@ -231,5 +231,5 @@ def test_envelope_object_with_an_empty_allow_list_is_refused_before_kms(
     for allowed in (key_arn, key_arn.rsplit("/", 1)[-1]):
         decryptor = Decryptor(aws.kms, allowed_key_arns=[allowed])
         assert b"".join(
-            decryptor.decrypt(source="s3://src/e", metadata=metadata, chunks=iter([ciphertext]))
+            decryptor.open(source="s3://src/e", metadata=metadata, chunks=iter([ciphertext])).chunks
         ) == (b"secret,rows\n")

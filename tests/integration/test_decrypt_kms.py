@@ -53,7 +53,9 @@ def pieces(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
 
 
 def decrypt_all(decryptor: Decryptor, body: bytes, metadata: dict[str, str] | None = None) -> bytes:
-    return b"".join(decryptor.decrypt(source="s3://src/obj", metadata=metadata or {}, chunks=pieces(body)))
+    return b"".join(
+        decryptor.open(source="s3://src/obj", metadata=metadata or {}, chunks=pieces(body)).chunks
+    )
 
 
 def count_kms_decrypts(aws: AwsClients) -> list[str]:
@@ -94,7 +96,7 @@ def test_esdk_multi_frame_round_trip_byte_identical(aws: AwsClients, key_arn: st
     assert message[:1] == b"\x02" and PLAIN not in message
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=64 * 1024)
     assert detect(metadata={}, head=message[:4096]) is EncryptionFormat.ESDK
-    chunks = list(decryptor.decrypt(source="s3://src/obj", metadata={}, chunks=pieces(message)))
+    chunks = list(decryptor.open(source="s3://src/obj", metadata={}, chunks=pieces(message)).chunks)
     assert b"".join(chunks) == PLAIN
     assert len(chunks) > 1  # streamed, not one object in memory
 
@@ -105,7 +107,7 @@ def test_esdk_plaintext_comes_in_pieces_of_the_chunk_size(aws: AwsClients, key_a
     chunk_size = 256 * 1024
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn], chunk_size=chunk_size)
     message = esdk_message(aws, key_arn)
-    chunks = list(decryptor.decrypt(source="s3://src/obj", metadata={}, chunks=pieces(message)))
+    chunks = list(decryptor.open(source="s3://src/obj", metadata={}, chunks=pieces(message)).chunks)
     assert b"".join(chunks) == PLAIN
     assert len(chunks) == -(-len(PLAIN) // chunk_size)
     assert all(len(chunk) == chunk_size for chunk in chunks[:-1]), [len(c) for c in chunks]
@@ -237,7 +239,7 @@ def s3ec_object(
 
 def s3ec_decrypt(decryptor: Decryptor, body: bytes, metadata: dict[str, str]) -> list[bytes]:
     return list(
-        decryptor.decrypt(source="s3://src/obj", metadata=metadata, chunks=pieces(body), size=len(body))
+        decryptor.open(source="s3://src/obj", metadata=metadata, chunks=pieces(body), size=len(body)).chunks
     )
 
 

@@ -108,7 +108,7 @@ def test_legacy_non_committing_messages_still_decrypt(aws: AwsClients, key_arn: 
         AlgorithmSuite.AES_256_GCM_IV12_TAG16,
     ):
         message = esdk_message(aws, key_arn, data, suite)
-        assert b"".join(decryptor.decrypt(source="s3://b/k", metadata={}, chunks=iter([message]))) == data
+        assert b"".join(decryptor.open(source="s3://b/k", metadata={}, chunks=iter([message])).chunks) == data
 
 
 @settings(max_examples=300, deadline=None)
@@ -139,7 +139,7 @@ def test_common_plain_heads(head: bytes) -> None:
 
 def test_plain_object_is_refused_where_the_caller_needs_it_encrypted(detector: Decryptor) -> None:
     with pytest.raises(PermanentError) as caught:
-        list(detector.decrypt(source="s3://b/k", metadata={}, chunks=iter([b"a,b\n", b"1,2\n"])))
+        list(detector.open(source="s3://b/k", metadata={}, chunks=iter([b"a,b\n", b"1,2\n"])).chunks)
     assert caught.value.reason == Reason.UNKNOWN_ENCRYPTION
 
 
@@ -244,9 +244,9 @@ def test_envelope_round_trip_any_size_and_chunking(
     assert len(ciphertext) == size and (size < 16 or ciphertext != data)
     decryptor = Decryptor(aws.kms, allowed_key_arns=[key_arn])
     chunks = list(
-        decryptor.decrypt(
+        decryptor.open(
             source="s3://b/k", metadata=metadata, chunks=rechunk(iter([ciphertext]), size=out_chunk)
-        )
+        ).chunks
     )
     assert b"".join(chunks) == data
     assert all(isinstance(chunk, bytes) for chunk in chunks)
