@@ -61,16 +61,16 @@ import io
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from bench_worker import free_port, wait_http  # the script folder is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -95,26 +95,6 @@ CASES = (
 
 
 # -- the moto server (parent) ----------------------------------------------------------------
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    """Wait until ``url`` answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()  # noqa: S310 - loopback only
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def clients(endpoint: str) -> Any:
     """The worker's clients (one botocore config: standard retries, pool, checksums when required)."""
     from egress.aws import AwsConfig, build_clients, emulator_session

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from egress.errors import EgressError, translate_client_error
+from egress.errors import EgressError, Reason, translate_client_error
 from egress.streams import Chunks
 
 if TYPE_CHECKING:
@@ -118,10 +118,9 @@ def object_exists(s3: S3Client, *, bucket: str, key: str) -> bool:
     """Whether ``key`` exists: one HeadObject, 404 meaning no (the worker may list the folder, so S3 says 404, not 403)."""
     try:
         s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+    except (ClientError, BotoCoreError) as exc:
+        error = translate_client_error(exc, doing=f"looking for s3://{bucket}/{key}")
+        if error.reason == Reason.SOURCE_MISSING:
             return False
-        raise translate_client_error(exc, doing=f"looking for s3://{bucket}/{key}") from exc
-    except BotoCoreError as exc:
-        raise translate_client_error(exc, doing=f"looking for s3://{bucket}/{key}") from exc
+        raise error from exc
     return True

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from egress.errors import PermanentError, Reason, error_code, translate_client_error
 from egress.transforms.decrypt import Decryptor
-from egress.transforms.formats import EncryptionFormat, classify, detect
+from egress.transforms.formats import EncryptionFormat, classify, detect, strip_meta
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -211,7 +211,7 @@ class Rewrapper:
         for the data key (``key_not_allowed``, ``authentication_failed``,
         ``kms_unavailable``), ``unknown_encryption`` for another encrypted format.
         """
-        meta = {name.lower(): value for name, value in metadata.items()}
+        meta = strip_meta(metadata)
         fmt = detect(metadata=meta, head=b"")
         if fmt is EncryptionFormat.NONE:
             # Only objects without envelope or S3EC metadata cost the two probes.
