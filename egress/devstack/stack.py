@@ -49,6 +49,7 @@ from egress.devstack.processes import (
     wait_until_ready,
 )
 from egress.kernel.fsutil import write_atomically
+from egress.routing import DEFAULT_SFT_ROOT, sft_relative_folder
 from sft_agent.certs import CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY
 
 DEFAULT_SAMPLE_DIR = Path("config/sample-data")
@@ -127,13 +128,21 @@ def agent_config(
     }
 
 
-def sft_folders(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Top-level SFT folders the routes write to (``warehouse`` if none)."""
+def sft_folders(rows: Sequence[Mapping[str, Any]], *, sft_root: Path = DEFAULT_SFT_ROOT) -> list[str]:
+    """Top-level SFT folders the routes write to (``warehouse`` if none).
+
+    An absolute folder is read as the worker reads it (:func:`egress.routing.sft_relative_folder`):
+    below ``sft_root`` it names the folder under it; elsewhere the worker refuses it, so no
+    agent route is made for it.
+    """
     folders = []
     for row in rows:
         if str(row.get("transfer_type", "")).upper() != "SFT":
             continue
-        first = str(row.get("destination_prefix", "")).strip("/").split("/", 1)[0]
+        prefix = str(row.get("destination_prefix", ""))
+        if prefix.startswith("/"):
+            prefix = sft_relative_folder(prefix, sft_root=sft_root) or ""
+        first = prefix.strip("/").split("/", 1)[0]
         if first and "$" not in first and first not in folders and first not in {".", ".."}:
             folders.append(first)
     return folders or ["warehouse"]
@@ -275,7 +284,7 @@ class LocalStack:
             report=self.say,
         )
         self._check_stop()
-        folders = sft_folders(rows)
+        folders = sft_folders(rows, sft_root=sft_root)
         for folder in folders:
             (sft_root / folder).mkdir(parents=True, exist_ok=True)
 

@@ -630,3 +630,12 @@ def test_the_example_worker_config_is_valid() -> None:
     settings = load_settings(environ={}, config_file=path)
     assert settings.aws.endpoint_url == f"http://127.0.0.1:{DEFAULT_PORT}"
     assert settings.queue_url.endswith("/" + DEFAULT_QUEUE)
+
+
+def test_absolute_sft_folders_are_read_as_the_worker_reads_them(tmp_path: Path) -> None:
+    root = tmp_path / "data-egress"
+    rows = [
+        {"transfer_type": "SFT", "destination_prefix": f"{root}/RIS"},
+        {"transfer_type": "SFT", "destination_prefix": "/somewhere/else/"},
+    ]
+    assert sft_folders(rows, sft_root=root) == ["RIS"]
