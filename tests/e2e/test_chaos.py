@@ -123,13 +123,27 @@ class WorkerSlot:
         holding: dict[str, int] = {}
         for line in self.current.events():
             message_id, event = line.get("message_id"), str(line.get("event", ""))
-            if not message_id or "message " not in event:
+            if not message_id:
                 continue
             if event == "message_received":
                 holding[str(message_id)] = int(line.get("receive_count") or 1)
-            else:  # message done, … retried, … released, … dead-lettered, … requeued
+            elif event in _SETTLED:
                 holding.pop(str(message_id), None)
         return holding
+
+
+# The worker's events that end its hold on a message.
+_SETTLED = frozenset(
+    {
+        "message_done",
+        "message_ignored",
+        "message_dead_lettered",
+        "message_released",
+        "message_receipt_invalid",
+        "message_retry_scheduled",
+        "message_requeued",
+    }
+)
 
 
 def _schedule(rng: random.Random) -> tuple[list[float], list[float]]:
