@@ -39,6 +39,7 @@ locals {
     EGRESS_VISIBILITY_TIMEOUT_SECONDS = tostring(var.visibility_timeout_seconds)
     EGRESS_KMS_KEY_ARNS               = join(",", var.decrypt_kms_key_arns)
     EGRESS_LOG_FORMAT                 = "json"
+    EGRESS_EVENTS_TOPIC_ARN           = aws_sns_topic.events.arn
   }
   worker_environment = merge(var.worker_environment, local.worker_fixed_environment)
 
@@ -52,6 +53,8 @@ locals {
     # The agent records each file's fate in the ledger and checks for unsent files
     # (docs/exactly-once.md); the task role grants it what it needs (roles stack).
     SFT_AGENT_LEDGER_TABLE = aws_dynamodb_table.ledger.name
+    # It announces SFT deliveries received (every file sent) on the events topic.
+    SFT_AGENT_EVENTS_TOPIC_ARN = aws_sns_topic.events.arn
   }
 
   # The execution role reads these and ECS injects them as environment variables; the

@@ -1,6 +1,6 @@
 # One customer managed key for the service's own data at rest: the queue and DLQ, both
-# tables, the shared EFS volume, the log groups, the alarm topic, the image repositories
-# and ECS Exec sessions.
+# tables, the shared EFS volume, the log groups, the alarm and events topics, the image
+# repositories and ECS Exec sessions.
 # No alias: managing one needs kms:ListAliases, which AWS grants only on "*"; the key is
 # found through the stack's kms_key_arn output.
 # (The producers' and destinations' keys are theirs; the roles stack grants the worker
@@ -91,7 +91,8 @@ data "aws_iam_policy_document" "service_key" {
   }
 
   # The worker: receive from the encrypted queue, send to the encrypted DLQ, read the
-  # encrypted tables. Granted here because the key is created after the role.
+  # encrypted tables, publish to the encrypted events topic (both containers of the task
+  # run as this role). Granted here because the key is created after the role.
   statement {
     sid       = "WorkerUsesQueueAndTables"
     effect    = "Allow"
@@ -106,7 +107,7 @@ data "aws_iam_policy_document" "service_key" {
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = ["sqs.${local.region}.amazonaws.com", "dynamodb.${local.region}.amazonaws.com"]
+      values   = ["sqs.${local.region}.amazonaws.com", "dynamodb.${local.region}.amazonaws.com", "sns.${local.region}.amazonaws.com"]
     }
   }
 

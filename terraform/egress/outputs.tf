@@ -58,6 +58,11 @@ output "alarm_topic_arn" {
   value       = aws_sns_topic.alarms.arn
 }
 
+output "events_topic_arn" {
+  description = "SNS topic of the completion events (EGRESS_EVENTS_TOPIC_ARN; docs/events.md): subscribe to it."
+  value       = aws_sns_topic.events.arn
+}
+
 output "dashboard_name" {
   description = "CloudWatch dashboard."
   value       = aws_cloudwatch_dashboard.egress.dashboard_name

@@ -345,6 +345,17 @@ variable "alarm_email_addresses" {
   default     = []
 }
 
+variable "event_subscriber_account_ids" {
+  description = "Accounts whose principals may subscribe to the completion events topic (docs/events.md); the account of the stack always may."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.event_subscriber_account_ids : can(regex("^[0-9]{12}$", a))])
+    error_message = "event_subscriber_account_ids: 12-digit AWS account ids."
+  }
+}
+
 variable "tags" {
   description = "Extra tags on the module's resources (the provider's default_tags apply too)."
   type        = map(string)

@@ -28,6 +28,8 @@ locals {
   dlq_arn          = "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${local.dlq_name}"
   routes_table_arn = "arn:${local.partition}:dynamodb:${local.region}:${local.account_id}:table/${local.routes_table_name}"
   ledger_table_arn = "arn:${local.partition}:dynamodb:${local.region}:${local.account_id}:table/${local.ledger_table_name}"
+  # The completion events topic (egress stack, events.tf).
+  events_topic_arn = "arn:${local.partition}:sns:${local.region}:${local.account_id}:${var.name}-events"
   # The ledger's global secondary indexes (by_sft_path, unsent).
   ledger_index_arn_glob = "${local.ledger_table_arn}/index/*"
   ecr_repository_arns = [

@@ -865,6 +865,14 @@ data "aws_iam_policy_document" "service_boundary" {
     resources = concat(local.table_arns, [local.ledger_index_arn_glob])
   }
 
+  # Completion events (the worker task role publishes; egress stack, events.tf).
+  statement {
+    sid       = "EventsTopic"
+    effect    = "Allow"
+    actions   = ["sns:Publish"]
+    resources = [local.events_topic_arn]
+  }
+
   # The service key, through the services it encrypts (key policy: kms.tf of the egress stack).
   statement {
     sid       = "ServiceKey"

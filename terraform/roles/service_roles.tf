@@ -64,6 +64,16 @@ data "aws_iam_policy_document" "sft_agent" {
     actions   = ["dynamodb:Query"]
     resources = [local.ledger_index_arn_glob]
   }
+
+  # Completion events (docs/events.md): after it records a file sent, the agent reads the
+  # delivery's route row and object rows to learn whether every file was sent, and claims
+  # the delivery received with a conditional UpdateItem (above) before it announces it.
+  statement {
+    sid       = "SftAgentReadsDeliveries"
+    effect    = "Allow"
+    actions   = ["dynamodb:GetItem", "dynamodb:Query"]
+    resources = [local.ledger_table_arn]
+  }
 }
 
 data "aws_iam_policy_document" "worker" {
@@ -116,6 +126,15 @@ data "aws_iam_policy_document" "worker" {
       "sqs:SendMessage",
     ]
     resources = [local.queue_arn]
+  }
+
+  # Completion events (docs/events.md), from both containers of the task: the topic's
+  # policy in the egress stack admits this role alone.
+  statement {
+    sid       = "PublishCompletionEvents"
+    effect    = "Allow"
+    actions   = ["sns:Publish"]
+    resources = [local.events_topic_arn]
   }
 
   statement {

@@ -289,9 +289,11 @@ def test_agent_rights_are_its_own_statements_in_the_task_role_and_the_agent_role
         "the agent's statements must say they are the agent's"
     )
     granted = ledger_grants(agent)
-    assert granted[LEDGER] == {"dynamodb:UpdateItem"}
+    # UpdateItem: file fates and the received claim; GetItem/Query: whether every file of a
+    # delivery was sent (completion events, docs/events.md).
+    assert granted[LEDGER] == {"dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:Query"}
     assert granted[LEDGER_INDEXES] == {"dynamodb:Query"}
-    assert sum(len(s.actions) for s in agent.values()) == 2, "the agent needs nothing else"
+    assert sum(len(s.actions) for s in agent.values()) == 4, "the agent needs nothing else"
     # One task role serves both containers: the worker's policy carries the agent's statements.
     worker_doc = one("data", "aws_iam_policy_document", "worker", ROLES).body
     assert "${data.aws_iam_policy_document.sft_agent.json}" in listify(

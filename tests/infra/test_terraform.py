@@ -213,7 +213,9 @@ def listify(value: Any) -> list[str]:
 def kms_key_policy_documents() -> set[str]:
     names = set()
     for key in blocks("resource", "aws_kms_key"):
-        match = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", str(key.body.get("policy", "")))
+        match = re.fullmatch(
+            r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", str(key.body.get("policy", ""))
+        )
         if match:
             names.add(f"{stack_of(key.path)}:{match.group(1)}")
     return names
@@ -345,7 +347,9 @@ def strip_comments(text: str) -> str:
 
 
 def module_text(directory: Path) -> str:
-    return "\n".join(strip_comments(p.read_text(encoding="utf-8")) for p in tf_files(directory, recursive=False))
+    return "\n".join(
+        strip_comments(p.read_text(encoding="utf-8")) for p in tf_files(directory, recursive=False)
+    )
 
 
 @pytest.mark.parametrize("directory", STACK_DIRS, ids=lambda p: str(p.relative_to(TERRAFORM)))
@@ -446,9 +450,7 @@ def test_wildcard_rule_catches_what_it_should() -> None:
     assert check({"actions": ["kms:Decrypt"], "resources": ["arn:aws:kms:r:1:key/*"]})
     assert check({"actions": ["kms:CreateKey"], "resources": ["*"]})  # no condition
     assert check({"actions": ["kms:Decrypt"], "resources": '${concat(var.keys, ["*"])}'})
-    assert check(
-        {"actions": ["sqs:SendMessage"], "resources": ["*"], "principals": [{"type": "Service"}]}
-    )
+    assert check({"actions": ["sqs:SendMessage"], "resources": ["*"], "principals": [{"type": "Service"}]})
     assert not check({"actions": ["sqs:*"], "resources": ["*"], "effect": "Deny"})
     assert not check({"actions": ["kms:Decrypt"], "resources": "${var.source_kms_key_arns}"})
     inline = inline_policy_statements(
@@ -518,9 +520,9 @@ def test_worker_touches_only_the_named_tables_and_queues() -> None:
         if "dynamodb" in services:
             assert all(":table/" in r and "table/*" not in r for r in resources), statement.origin
         if "sqs" in services:
-            assert all(":sqs:" in r and r.rstrip('"').endswith(("${var.name}", "${var.name}-dlq")) for r in resources), (
-                statement.origin
-            )
+            assert all(
+                ":sqs:" in r and r.rstrip('"').endswith(("${var.name}", "${var.name}-dlq")) for r in resources
+            ), statement.origin
 
 
 # ---- GitHub OIDC -----------------------------------------------------------------------------
@@ -544,7 +546,9 @@ def test_oidc_trust_is_scoped_to_the_repository() -> None:
         assert aud is not None and listify(aud["values"]) == ["sts.amazonaws.com"], statement.origin
         assert sub["test"] == "StringEquals", f"{statement.origin}: sub must match exactly, not {sub['test']}"
         values = resolve(sub["values"], statement.directory)
-        assert "repo:${var.github_repository}:" in values, f"{statement.origin}: sub not scoped to the repository"
+        assert "repo:${var.github_repository}:" in values, (
+            f"{statement.origin}: sub not scoped to the repository"
+        )
         assert "*" not in values, f"{statement.origin}: wildcard in the sub claim"
     validation = as_text(declared(ROLES)["variable"]["github_repository"]["validation"])
     assert "*" not in re.sub(r"\[[^\]]*\]", "", validation.split("error_message")[0]).replace("+$", "")
@@ -553,7 +557,9 @@ def test_oidc_trust_is_scoped_to_the_repository() -> None:
     for statement in hop:
         principals = statement.body["principals"][0]
         assert principals["type"] == "AWS"
-        assert re.fullmatch(r"\$\{var\.trusted_central_roles\.(plan|deploy|role_management)\}", principals["identifiers"])
+        assert re.fullmatch(
+            r"\$\{var\.trusted_central_roles\.(plan|deploy|role_management)\}", principals["identifiers"]
+        )
 
 
 def test_roles_stack_has_the_roles_of_the_issue() -> None:
@@ -584,7 +590,9 @@ def test_queue_has_a_redrive_policy_to_the_dlq() -> None:
         assert re.search(r"maxReceiveCount\s*=\s*(?:\$\{)?var\.max_receive_count\b", policy), policy
     assert isinstance(variable_default(EGRESS, "max_receive_count"), int)
     for name, body in queues.items():
-        assert body.get("kms_master_key_id") or body.get("sqs_managed_sse_enabled"), f"queue {name} without SSE"
+        assert body.get("kms_master_key_id") or body.get("sqs_managed_sse_enabled"), (
+            f"queue {name} without SSE"
+        )
 
 
 def test_notification_filter_suffix_is_the_flag_name() -> None:
@@ -692,7 +700,9 @@ def test_worker_environment_uses_the_design_names() -> None:
     assert fixed["EGRESS_ROUTES_TABLE"] == "${aws_dynamodb_table.routes.name}"
     assert fixed["EGRESS_LEDGER_TABLE"] == "${aws_dynamodb_table.ledger.name}"
     # Every EGRESS_* the task sets is one the worker reads.
-    known = set(re.findall(r'"(EGRESS_[A-Z0-9_]+)"', (ROOT / "egress" / "settings.py").read_text(encoding="utf-8")))
+    known = set(
+        re.findall(r'"(EGRESS_[A-Z0-9_]+)"', (ROOT / "egress" / "settings.py").read_text(encoding="utf-8"))
+    )
     extra = re.findall(r"EGRESS_[A-Z0-9_]+", as_text(variable_default(EGRESS, "worker_environment")))
     for environment in ENVIRONMENTS:
         extra += re.findall(r"EGRESS_[A-Z0-9_]+", as_text(declared(environment)["module"]["egress"]))

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 WORKFLOW_FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
 STACKS = {"terraform/roles", "terraform/egress"}
-ENVIRONMENTS = sorted(p.name for p in (ROOT / "terraform" / "egress" / "environments").iterdir() if p.is_dir())
+ENVIRONMENTS = sorted(
+    p.name for p in (ROOT / "terraform" / "egress" / "environments").iterdir() if p.is_dir()
+)
 TERRAFORM_SUBCOMMANDS = {"fmt", "init", "validate", "plan", "apply", "output"}
 # Programs a step may run besides make and terraform: the shell's own, and the AWS CLI.
 OTHER_PROGRAMS = {"set", "echo", "if", "then", "else", "fi", "read", "exit", "aws", "cosign", "sudo", "bash"}
@@ -36,7 +38,11 @@ def triggers(workflow: dict[str, Any]) -> dict[str, Any]:
     # YAML 1.1 reads the key `on` as True.
     found = workflow.get("on", workflow.get(True))
     assert found is not None, "no `on:`"
-    return found if isinstance(found, dict) else {name: None for name in ([found] if isinstance(found, str) else found)}
+    return (
+        found
+        if isinstance(found, dict)
+        else {name: None for name in ([found] if isinstance(found, str) else found)}
+    )
 
 
 def steps(workflow: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -153,7 +159,9 @@ def test_steps_run_only_documented_commands(path: Path) -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize(("name", "stack"), [("roles.yml", "terraform/roles"), ("infra.yml", "terraform/egress")])
+@pytest.mark.parametrize(
+    ("name", "stack"), [("roles.yml", "terraform/roles"), ("infra.yml", "terraform/egress")]
+)
 def test_pipelines_work_on_their_own_stack(name: str, stack: str) -> None:
     directories = terraform_dirs(WORKFLOWS / name)
     assert directories, f"{name} runs no terraform"
@@ -196,7 +204,9 @@ def test_aws_only_through_oidc(path: Path) -> None:
     top = workflow.get("permissions", {})
     assert top in ({"contents": "read"}, "read-all", {}), f"{path.name}: broad top-level permissions {top}"
     for job_name, job in workflow["jobs"].items():
-        aws_steps = [s for s in job.get("steps", []) or [] if "configure-aws-credentials" in str(s.get("uses", ""))]
+        aws_steps = [
+            s for s in job.get("steps", []) or [] if "configure-aws-credentials" in str(s.get("uses", ""))
+        ]
         for step in aws_steps:
             inputs = step.get("with", {})
             assert not STORED_KEY_INPUTS & set(inputs), f"{path.name}:{job_name} passes keys"
@@ -215,7 +225,9 @@ def test_images_workflow_builds_and_pushes_both_containers() -> None:
     for image in pushed:
         assert (ROOT / "docker" / f"{image}.Dockerfile").is_file()
     assert any(
-        (s.get("with") or {}).get("push") is True for _, s in steps(workflow) if "build-push-action" in str(s.get("uses"))
+        (s.get("with") or {}).get("push") is True
+        for _, s in steps(workflow)
+        if "build-push-action" in str(s.get("uses"))
     )
     infra = load(WORKFLOWS / "infra.yml")
     assert infra["jobs"]["images"]["uses"] == "./.github/workflows/images.yml"
@@ -247,7 +259,9 @@ def job(name: str, job_name: str) -> dict[str, Any]:
 
 def by_branch(expression: str, branch: str) -> str:
     """The value of `${{ github.ref_name == 'main' && 'A' || 'B' }}` on a branch."""
-    match = re.fullmatch(r"\$\{\{\s*github\.ref_name == 'main' && '([\w.-]+)' \|\| '([\w.-]+)'\s*\}\}", expression.strip())
+    match = re.fullmatch(
+        r"\$\{\{\s*github\.ref_name == 'main' && '([\w.-]+)' \|\| '([\w.-]+)'\s*\}\}", expression.strip()
+    )
     assert match, f"not chosen by branch: {expression!r}"
     return match.group(1) if branch == "main" else match.group(2)
 
@@ -274,10 +288,16 @@ def test_apply_workflows_can_be_run_by_hand() -> None:
     for name, job_name in APPLY_WORKFLOWS.items():
         on = triggers(load(WORKFLOWS / name))
         assert "workflow_dispatch" in on, f"{name} cannot be run by hand"
-        assert not (on["workflow_dispatch"] or {}).get("inputs"), f"{name}: dispatch inputs could steer the build"
+        assert not (on["workflow_dispatch"] or {}).get("inputs"), (
+            f"{name}: dispatch inputs could steer the build"
+        )
         condition = str(job(name, job_name)["if"])
-        assert "'workflow_dispatch'" in condition and "'push'" in condition, f"{name}:{job_name} skips manual runs"
-    assert "'workflow_dispatch'" in str(job("infra.yml", "images")["if"]), "a manual apply would have no images"
+        assert "'workflow_dispatch'" in condition and "'push'" in condition, (
+            f"{name}:{job_name} skips manual runs"
+        )
+    assert "'workflow_dispatch'" in str(job("infra.yml", "images")["if"]), (
+        "a manual apply would have no images"
+    )
 
 
 def account_checks(steps_: list[dict[str, Any]]) -> list[int]:
@@ -300,12 +320,20 @@ def test_the_account_is_checked_before_any_apply_or_push() -> None:
     gated = [("infra.yml", "apply"), ("roles.yml", "apply"), ("images.yml", "publish")]
     for name, job_name in gated:
         steps_ = job(name, job_name)["steps"]
-        credentials = [i for i, s in enumerate(steps_) if "configure-aws-credentials" in str(s.get("uses", ""))]
+        credentials = [
+            i for i, s in enumerate(steps_) if "configure-aws-credentials" in str(s.get("uses", ""))
+        ]
         checks = account_checks(steps_)
         assert credentials and checks, f"{name}:{job_name} does not check the account"
-        assert "set -euo pipefail" in str(steps_[checks[0]]["run"]), f"{name}:{job_name}: a failed aws call must fail"
+        assert "set -euo pipefail" in str(steps_[checks[0]]["run"]), (
+            f"{name}:{job_name}: a failed aws call must fail"
+        )
         assert checks[0] > max(credentials), f"{name}:{job_name} checks before its last credentials step"
-        later = [i for i, s in enumerate(steps_) if runs_terraform_apply(s) or "build-push-action" in str(s.get("uses"))]
+        later = [
+            i
+            for i, s in enumerate(steps_)
+            if runs_terraform_apply(s) or "build-push-action" in str(s.get("uses"))
+        ]
         assert later, f"{name}:{job_name}: nothing applied or pushed?"
         assert checks[0] < min(later), f"{name}:{job_name} applies before checking the account"
         assert not steps_[checks[0]].get("continue-on-error"), name
@@ -314,13 +342,15 @@ def test_the_account_is_checked_before_any_apply_or_push() -> None:
 def test_account_check_rule_catches_what_it_should() -> None:
     good = {
         "env": {"EXPECTED_AWS_ACCOUNT_ID": "${{ vars.EXPECTED_AWS_ACCOUNT_ID }}"},
-        "run": 'a=$(aws sts get-caller-identity --query Account --output text)\n'
+        "run": "a=$(aws sts get-caller-identity --query Account --output text)\n"
         'if [ "$a" != "$EXPECTED_AWS_ACCOUNT_ID" ]; then exit 1; fi',
     }
     assert account_checks([good]) == [0]
     assert not account_checks([{**good, "run": "aws sts get-caller-identity"}])  # prints, compares nothing
     assert not account_checks([{**good, "env": {}}])  # compares with nothing
-    assert not account_checks([{**good, "run": good["run"].replace("exit 1", "echo mismatch")}])  # never fails
+    assert not account_checks(
+        [{**good, "run": good["run"].replace("exit 1", "echo mismatch")}]
+    )  # never fails
 
 
 def aws_steps(name: str, job_name: str) -> list[dict[str, Any]]:
@@ -339,7 +369,10 @@ def test_each_job_hops_only_through_the_central_role_of_its_own_purpose() -> Non
         assert target["role-to-assume"].endswith(f":role/data-egress-{role}")
         # The hop presents this purpose's external id (terraform/roles: central_hop_external_ids).
         assert target.get("role-skip-session-tagging") is True, f"{name}:{job_name}: tagged hops are refused"
-        assert f"format('{{0}}:{role}', github.repository)" in target.get("role-external-id", ""), (name, job_name)
+        assert f"format('{{0}}:{role}', github.repository)" in target.get("role-external-id", ""), (
+            name,
+            job_name,
+        )
 
 
 def test_github_environments_match_the_roles_trust() -> None:
@@ -356,7 +389,16 @@ def test_github_environments_match_the_roles_trust() -> None:
 
 def test_readme_documents_the_environments_and_their_settings() -> None:
     text = (ROOT / "terraform" / "README.md").read_text(encoding="utf-8")
-    for needed in ("EXPECTED_AWS_ACCOUNT_ID", "workflow_dispatch", "prod-roles", *CENTRAL_HOP_VARIABLE.values()):
+    for needed in (
+        "EXPECTED_AWS_ACCOUNT_ID",
+        "workflow_dispatch",
+        "prod-roles",
+        *CENTRAL_HOP_VARIABLE.values(),
+    ):
         assert needed in text, f"terraform/README.md does not mention {needed}"
-    assert re.search(r"required reviewers", text, flags=re.I), "where required reviewers are configured is not documented"
-    assert re.search(r"deployment branches", text, flags=re.I), "the environments' branch rules are not documented"
+    assert re.search(r"required reviewers", text, flags=re.I), (
+        "where required reviewers are configured is not documented"
+    )
+    assert re.search(r"deployment branches", text, flags=re.I), (
+        "the environments' branch rules are not documented"
+    )

@@ -87,6 +87,11 @@ output "queue_url" {
   value       = module.egress.queue_url
 }
 
+output "events_topic_arn" {
+  description = "Completion events topic (docs/events.md): subscribe receiving teams' queues to it."
+  value       = module.egress.events_topic_arn
+}
+
 output "task_definition_arn" {
   description = "Task definition this apply deployed."
   value       = module.egress.task_definition_arn
