@@ -10,10 +10,12 @@ move, a message), never of one call.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_sts import STSClient
@@ -78,6 +81,7 @@ class AwsClients:
     kms: KMSClient
     sts: STSClient
     ssm: SSMClient
+    sns: SNSClient
     session: boto3.session.Session
     config: AwsConfig
 
@@ -221,11 +225,29 @@ def emulator_session(region: str) -> boto3.session.Session:
     )
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def session_for(config: AwsConfig) -> boto3.session.Session:
-    """The default credential chain; the emulators' throwaway credentials when an endpoint
-    URL is set (an emulator) and the chain finds none, as on a newcomer's laptop."""
+    """The default credential chain; the emulators' throwaway credentials when the endpoint
+    URL is on this machine (the moto server, LocalStack) and the chain finds none, as on a
+    newcomer's laptop. Never for another endpoint: there a missing credential is an error
+    the caller must see, not something to paper over."""
     session = boto3.session.Session(region_name=config.region)
-    if config.endpoint_url and session.get_credentials() is None:
+    if config.endpoint_url and is_loopback_url(config.endpoint_url) and session.get_credentials() is None:
         return emulator_session(config.region)
     return session
 
@@ -249,6 +271,7 @@ def build_clients(config: AwsConfig, *, session: boto3.session.Session | None = 
         kms=make("kms"),
         sts=make("sts"),
         ssm=make("ssm"),
+        sns=make("sns"),
         session=session,
         config=config,
     )

@@ -50,6 +50,7 @@ from egress.plan import (
     name_items,
     plan_route,
 )
+from egress.route_policy import ObjectFilter
 from egress.routing import Route, RouteMatch
 from egress.sources import SourceObject, list_objects
 from egress.stream_source import ByteBudget, SourceProbe, StreamSource
@@ -68,12 +69,31 @@ _ONE_PAGE = 1000
 
 @dataclass(frozen=True)
 class RouteResult:
-    """What one route delivered for one flag."""
+    """What one route delivered for one flag (``skipped``: an earlier attempt had delivered it).
+
+    ``manifest_name`` is the manifest written (S3 key, or path under the SFT root);
+    ``delivery_id`` the ledger's id of the delivery.
+    """
 
     match: RouteMatch
     objects: int = 0
     size: int = 0
     skipped: bool = False
+    manifest_name: str | None = None
+    delivery_id: str = ""
+
+    @property
+    def manifest(self) -> str | None:
+        """The manifest's URI: ``s3://bucket/key`` on S3 routes, its path under the SFT root on SFT routes."""
+        return manifest_uri(self.match, self.manifest_name)
+
+
+def manifest_uri(match: RouteMatch, name: str | None) -> str | None:
+    """Where a route's manifest named ``name`` is: an ``s3://`` URI, or a path under the SFT root."""
+    if name is None:
+        return None
+    route = match.route
+    return f"s3://{route.destination_bucket}/{name}" if route.transfer_type == "S3" else name
 
 
 @dataclass
@@ -81,6 +101,7 @@ class _Progress:
     objects: int = 0
     size: int = 0
     skipped: int = 0
+    excluded: int = 0  # kept back by the route's include/exclude patterns
     manifest: list[dict[str, Any]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # for the control file
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -233,7 +254,12 @@ class RouteDelivery:
             source_prefix=route.source_prefix,
             pipeline_name=route.pipeline_name,
         )
-        lease = self._ledger.begin(key, recipient=route.recipient_name, transfer_type=route.transfer_type)
+        lease = self._ledger.begin(
+            key,
+            recipient=route.recipient_name,
+            transfer_type=route.transfer_type,
+            event_time=event.event_time,
+        )
         run = _RouteRun(
             key=key,
             match=match,
@@ -252,7 +278,7 @@ class RouteDelivery:
         try:
             # The whole plan (names only) is made before any byte moves, so a name collision
             # or a name the destination would refuse fails the route with nothing delivered.
-            items = self._plan(event, match)
+            items = self._plan(event, match, run.progress)
             manifest = manifest_name(match)
             control = control_file_name(match, event_time=event.event_time)
             done = self._resume(run, lease) if lease.resumed else {}
@@ -273,7 +299,15 @@ class RouteDelivery:
         finally:
             run.checkpoint.close()
         progress = run.progress
-        self._ledger.finish(key, objects=progress.objects, size=progress.size)
+        self._ledger.finish(
+            key,
+            objects=progress.objects,
+            size=progress.size,
+            excluded=progress.excluded,
+            manifest=manifest_uri(match, manifest),
+        )
+        if progress.excluded:
+            metrics.OBJECTS_EXCLUDED.labels(**labels).inc(progress.excluded)
         elapsed = self._clock() - started
         metrics.DELIVERIES.labels(**labels, outcome="delivered").inc()
         metrics.DELIVERY_SECONDS.labels(transfer_type=route.transfer_type, outcome="delivered").observe(
@@ -284,10 +318,17 @@ class RouteDelivery:
             objects=progress.objects,
             bytes=progress.size,
             skipped=progress.skipped,
+            excluded=progress.excluded,
             seconds=round(elapsed, 3),
             **labels,
         )
-        return RouteResult(match=match, objects=progress.objects, size=progress.size)
+        return RouteResult(
+            match=match,
+            objects=progress.objects,
+            size=progress.size,
+            manifest_name=manifest,
+            delivery_id=key.delivery_id,
+        )
 
     def _release(self, run: _RouteRun, *, reason: str) -> None:
         """Keep what was done (a last checkpoint), then give the lease back."""
@@ -300,14 +341,16 @@ class RouteDelivery:
         except EgressError as ledger_exc:
             log.warning("ledger_release_failed", reason=ledger_exc.reason)
 
-    def _plan(self, event: FlagEvent, match: RouteMatch) -> Callable[[], Iterator[DeliveryItem]]:
+    def _plan(
+        self, event: FlagEvent, match: RouteMatch, progress: _Progress
+    ) -> Callable[[], Iterator[DeliveryItem]]:
         """Check every name before any byte moves; returns how to walk the objects to deliver.
 
         A folder that fits in one listing page is kept (names and all). A larger one is
         checked page by page keeping 8 bytes a name (:func:`egress.plan.check_names`), then
         listed again while it is delivered, so memory does not grow with the folder.
         """
-        listing = self._list(event, match)
+        listing = self._list(event, match, progress=progress)
         head = list(islice(listing, _ONE_PAGE + 1))
         if len(head) <= _ONE_PAGE:
             items = list(plan_route(match, head, event_time=event.event_time))
@@ -317,13 +360,33 @@ class RouteDelivery:
         log.info("large_folder_names_checked", objects=count)
         return lambda: name_items(match, self._list(event, match), event_time=event.event_time)
 
-    def _list(self, event: FlagEvent, match: RouteMatch) -> Iterator[SourceObject]:
-        return list_objects(
+    def _list(
+        self, event: FlagEvent, match: RouteMatch, *, progress: _Progress | None = None
+    ) -> Iterator[SourceObject]:
+        """The folder's objects the route's patterns keep; ``progress`` counts those kept back."""
+        listing = list_objects(
             self._aws.s3,
             bucket=event.bucket,
             prefix=match.delivery_prefix,
             flag_name=self._settings.flag_name,
         )
+        patterns = ObjectFilter.for_route(match.route)
+        if not patterns.active:
+            return listing
+        return self._filtered(listing, match, patterns, progress)
+
+    @staticmethod
+    def _filtered(
+        listing: Iterator[SourceObject], match: RouteMatch, patterns: ObjectFilter, progress: _Progress | None
+    ) -> Iterator[SourceObject]:
+        for obj in listing:
+            verdict = patterns.verdict(_relative_to(obj.key, match.delivery_prefix))
+            if verdict.kept:
+                yield obj
+                continue
+            log.debug("object_excluded", key=obj.key, why=verdict.describe())
+            if progress is not None:
+                progress.excluded += 1
 
     def _resume(self, run: _RouteRun, lease: Lease) -> dict[str, ObjectRecord]:
         """What an earlier attempt finished; the destination cleans up what a dead claim left open."""

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -148,9 +149,13 @@ class Ledger:
         return self._lease
 
     # -- the claim -------------------------------------------------------------------------
-    def begin(self, key: DeliveryKey, *, recipient: str, transfer_type: str) -> Lease:
+    def begin(
+        self, key: DeliveryKey, *, recipient: str, transfer_type: str, event_time: datetime | None = None
+    ) -> Lease:
         """Take the lease on a delivery, or learn it is done, or that a live worker holds it.
 
+        ``event_time`` (the flag event's time, which resolved the placeholders) is recorded
+        so that ``egress replay`` delivers again with the same dates.
         Raises :class:`LeaseHeld` while another worker's lease holds.
         """
         now = self._clock()
@@ -173,6 +178,10 @@ class Ledger:
             ":one": {"N": "1"},
             ":zero": {"N": "0"},
         }
+        recorded_time = ""
+        if event_time is not None:
+            values[":event_time"] = {"S": event_time.astimezone(UTC).isoformat()}
+            recorded_time = ", event_time = :event_time"
         try:
             response = self._db.update_item(
                 TableName=self._table,
@@ -182,7 +191,7 @@ class Ledger:
                     "started_at = :started, expires_at = :expires, "
                     "flag_bucket = :bucket, flag_key = :flag, flag_upload = :upload, "
                     "source_prefix = :prefix, pipeline_name = :pipeline, recipient_name = :recipient, "
-                    "transfer_type = :type, attempts = if_not_exists(attempts, :zero) + :one"
+                    "transfer_type = :type, attempts = if_not_exists(attempts, :zero) + :one" + recorded_time
                 ),
                 ConditionExpression=(
                     "attribute_not_exists(delivery_id) OR (#status <> :delivered AND lease_until < :now)"
@@ -234,19 +243,30 @@ class Ledger:
             if key.delivery_id in self._tokens:
                 self._renewed[key.delivery_id] = now
 
-    def finish(self, key: DeliveryKey, *, objects: int, size: int) -> None:
-        """Mark the delivery done, with what it moved."""
+    def finish(
+        self, key: DeliveryKey, *, objects: int, size: int, excluded: int = 0, manifest: str | None = None
+    ) -> None:
+        """Mark the delivery done, with what it moved (and how many objects its patterns kept back).
+
+        ``manifest`` (its URI) is kept for the ``received`` completion event the agent publishes.
+        """
+        values: dict[str, Any] = {
+            ":delivered": {"S": DELIVERED},
+            ":finished": {"S": iso_from_epoch(self._clock(), timespec="seconds")},
+            ":objects": {"N": str(objects)},
+            ":bytes": {"N": str(size)},
+            ":excluded": {"N": str(excluded)},
+            ":zero": {"N": "0"},
+        }
+        if manifest:
+            values[":manifest"] = {"S": manifest}
         self._update(
             key,
             "SET #status = :delivered, finished_at = :finished, objects = :objects, "
-            "bytes_delivered = :bytes, lease_until = :zero REMOVE last_reason",
-            {
-                ":delivered": {"S": DELIVERED},
-                ":finished": {"S": iso_from_epoch(self._clock(), timespec="seconds")},
-                ":objects": {"N": str(objects)},
-                ":bytes": {"N": str(size)},
-                ":zero": {"N": "0"},
-            },
+            "bytes_delivered = :bytes, objects_excluded = :excluded, lease_until = :zero"
+            + (", manifest = :manifest" if manifest else "")
+            + " REMOVE last_reason",
+            values,
             doing="finishing a ledger row",
             names={"#status": "status"},
         )
@@ -375,6 +395,27 @@ class Ledger:
                 count += 1
                 if count >= limit:
                     return
+
+    def flag_deliveries(self, bucket: str, flag_key: str) -> Iterator[dict[str, Any]]:
+        """Route rows of every delivery of one flag, any upload and route (``egress replay``; scans)."""
+        paginator = self._db.get_paginator("scan")
+        try:
+            for page in paginator.paginate(
+                TableName=self._table,
+                FilterExpression="#record = :route AND flag_bucket = :bucket AND flag_key = :flag",
+                ExpressionAttributeNames={"#record": "record"},
+                ExpressionAttributeValues={
+                    ":route": {"S": ROUTE_RECORD},
+                    ":bucket": {"S": bucket},
+                    ":flag": {"S": flag_key},
+                },
+            ):
+                for item in page.get("Items", []):
+                    yield _plain(item)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_client_error(
+                exc, doing=f"reading the deliveries of s3://{bucket}/{flag_key}"
+            ) from exc
 
     def _get(self, item_key: dict[str, Any]) -> dict[str, Any] | None:
         try:

@@ -2,7 +2,9 @@
 
 Accepted bodies: an S3 event notification (keys URL-encoded, ``+`` is a space), the
 same wrapped in an SNS envelope, and an EventBridge "Object Created" event (keys not
-encoded). Test events and keys that are not the flag are ignored.
+encoded). Test events and keys that are not the flag are ignored. Our own key beside
+the records, ``"egress": {"pipeline_name": …}`` (``egress replay --pipeline``), restricts
+the delivery to that route.
 
 Bodies come from whoever can send to the queue, so parsing is bounded: a body over SQS's
 size limit, nested deeper than any accepted shape needs, not valid UTF-8 or of the
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote_plus
@@ -25,6 +27,8 @@ MAX_BODY_BYTES: Final = 256 * 1024
 """SQS's limit for one message; a longer body did not come through SQS as sent."""
 MAX_DEPTH: Final = 32
 """Deepest JSON nesting accepted; the accepted shapes need five levels."""
+EGRESS_KEY: Final = "egress"
+"""A top-level key of ours beside ``Records`` (``egress replay``): ``{"pipeline_name": …}``."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class FlagEvent:
     sequencer: str | None = None
     version_id: str | None = None
     size: int | None = None
+    # Deliver only the route of this pipeline_name (``egress replay --pipeline``); None: every route.
+    only_pipeline: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -211,6 +217,7 @@ def parse_body(body: str | bytes, *, flag_name: str) -> list[FlagEvent] | Ignore
 def _events(parsed: dict[str, Any], *, flag_name: str) -> list[FlagEvent] | Ignored:
     if parsed.get("Event") == "s3:TestEvent":
         return Ignored("s3:TestEvent")
+    pipeline = _only_pipeline(parsed)
     events: list[FlagEvent]
     if "Records" in parsed:
         records = parsed["Records"]
@@ -232,4 +239,21 @@ def _events(parsed: dict[str, Any], *, flag_name: str) -> list[FlagEvent] | Igno
     if not flags:
         keys = ", ".join(repr(event.key[:80]) for event in events[:3]) or "no ObjectCreated record"
         return Ignored(f"not a {flag_name}: {keys}")
-    return flags
+    return [replace(event, only_pipeline=pipeline) for event in flags] if pipeline else flags
+
+
+def _only_pipeline(parsed: Mapping[str, Any]) -> str | None:
+    """The pipeline a replay is restricted to (``{"egress": {"pipeline_name": …}}``), or None.
+
+    The key is ours, so anything in it we do not know is a mistake, not something to skip:
+    a body that asked for a restriction must never be delivered to every route.
+    """
+    if EGRESS_KEY not in parsed:
+        return None
+    options = parsed[EGRESS_KEY]
+    if not isinstance(options, dict):
+        raise MalformedMessage(f"{EGRESS_KEY} is not an object")
+    unknown = sorted(str(name)[:40] for name in options if name != "pipeline_name")
+    if unknown:
+        raise MalformedMessage(f"{EGRESS_KEY} holds unknown keys: {', '.join(unknown[:5])}")
+    return _require_str(options, "pipeline_name", EGRESS_KEY)

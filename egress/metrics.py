@@ -22,7 +22,7 @@ def _per_route(name: str, documentation: str) -> Counter:
 
 MESSAGES = Counter(
     "egress_messages_total",
-    "SQS messages handled, by outcome (delivered, ignored, duplicate, retry, dead_lettered, released)",
+    "SQS messages handled, by outcome (delivered, disabled, ignored, retry, requeued, dead_lettered, released)",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -64,6 +64,10 @@ OBJECTS_SKIPPED = _per_route(
     "egress_objects_skipped_total",
     "Objects a resumed delivery did not move again (an earlier attempt recorded them done)",
 )
+OBJECTS_EXCLUDED = _per_route(
+    "egress_objects_excluded_total",
+    "Objects a route's include/exclude patterns kept from delivery (skipped, never a failure)",
+)
 TAKEOVERS = Counter(
     "egress_claims_taken_over_total",
     "Deliveries taken over from a claim that lapsed (its worker died or was cut off)",
@@ -72,6 +76,18 @@ TAKEOVERS = Counter(
 REQUEUES = Counter(
     "egress_requeued_messages_total",
     "Duplicate messages put back with a delay while another worker held the delivery",
+    registry=REGISTRY,
+)
+EVENTS_PUBLISHED = Counter(
+    "egress_events_published_total",
+    "Completion events published to the events topic, by outcome (delivered, failed, received)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+EVENT_PUBLISH_FAILURES = Counter(
+    "egress_event_publish_failures_total",
+    "Completion events not published (SNS refused or unreachable after retries), by outcome",
+    ["outcome"],
     registry=REGISTRY,
 )
 HEARTBEATS = Counter("egress_visibility_extensions_total", "Visibility timeout extensions", registry=REGISTRY)

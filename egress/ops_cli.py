@@ -1,21 +1,19 @@
-"""Operators' commands around the flow: ``egress history``, ``egress replay``, ``egress dlq``."""
+"""Operators' commands around the flow: ``egress history`` and ``egress dlq``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.cli_context import CliContext
 from egress.errors import EgressError, translate_client_error
 from egress.kernel.durations import parse_duration
-from egress.kernel.s3uri import parse_s3_uri
 from egress.kernel.timefmt import parse_iso8601
 from egress.ledger import Ledger
 from egress.ledger_table import DELIVERED, DONE, PARKED, RECEIVED, RETRY, SENDING, SENT, UPLOADING
@@ -23,7 +21,7 @@ from egress.queue import FlagQueue
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``history``, ``replay`` and ``dlq`` to the ``egress`` command."""
+    """Add ``history`` and ``dlq`` to the ``egress`` command."""
     history = commands.add_parser("history", help="deliveries recorded in the ledger, newest first")
     history.add_argument("--prefix", help="only flags whose key starts with this")
     history.add_argument("--pipeline", help="only this pipeline_name")
@@ -36,16 +34,12 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     history.add_argument("--output", choices=["table", "json"], default="table")
     history.set_defaults(handler=_history)
 
-    replay = commands.add_parser("replay", help="queue a flag again: its routes are delivered again")
-    replay.add_argument("flag_uri", metavar="S3_URI_OF_FLAG")
-    replay.add_argument("--queue-url", default=os.environ.get("EGRESS_QUEUE_URL"))
-    replay.set_defaults(handler=_replay)
-
-    dlq = commands.add_parser("dlq", help="inspect and redrive the dead-letter queue")
+    dlq = commands.add_parser("dlq", help="inspect, redrive and delete dead-lettered messages")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
     for name, helptext, handler in (
         ("list", "messages in the DLQ with their reasons", _dlq_list),
         ("redrive", "move messages back to the flag queue", _dlq_redrive),
+        ("delete", "delete one message, after showing it and asking", _dlq_delete),
     ):
         sub = dlq_commands.add_parser(name, help=helptext)
         sub.add_argument("--queue-url", default=os.environ.get("EGRESS_QUEUE_URL"))
@@ -53,10 +47,13 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         sub.add_argument("--max", type=int, default=100, help="look at most at this many messages")
         if name == "list":
             sub.add_argument("--output", choices=["table", "json"], default="table")
-        else:
+        elif name == "redrive":
             which = sub.add_mutually_exclusive_group(required=True)
             which.add_argument("--id", action="append", dest="ids", help="DLQ message id (repeatable)")
             which.add_argument("--all", action="store_true")
+        else:
+            sub.add_argument("--id", required=True, dest="message_id", help="the DLQ message id")
+            sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         sub.set_defaults(handler=handler)
 
 
@@ -186,48 +183,6 @@ def _file_line(file: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _replay(args: argparse.Namespace, ctx: CliContext) -> int:
-    if not args.queue_url:
-        print("egress replay: give --queue-url or set EGRESS_QUEUE_URL", file=ctx.err)
-        return 2
-    try:
-        flag = parse_s3_uri(args.flag_uri)
-    except ValueError as exc:
-        print(f"egress replay: {exc}", file=ctx.err)
-        return 2
-    bucket, key = flag.bucket, flag.key
-    clients = ctx.clients
-    try:
-        clients.s3.head_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as exc:
-        print(f"egress replay: {translate_client_error(exc, doing=f'reading {args.flag_uri}')}", file=ctx.err)
-        return 1
-    now = datetime.now(UTC)
-    # A fresh sequencer makes this a new upload for the ledger: replay means deliver again.
-    body = {
-        "Records": [
-            {
-                "eventVersion": "2.1",
-                "eventSource": "aws:s3",
-                "eventTime": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "eventName": "ObjectCreated:Put",
-                "userIdentity": {"principalId": "egress-replay"},
-                "s3": {
-                    "bucket": {"name": bucket},
-                    "object": {
-                        "key": quote_plus(key, safe="/"),
-                        "size": 0,
-                        "sequencer": f"replay-{uuid.uuid4().hex}",
-                    },
-                },
-            }
-        ]
-    }
-    message_id = clients.sqs.send_message(QueueUrl=args.queue_url, MessageBody=json.dumps(body))["MessageId"]
-    print(f"queued {args.flag_uri} again as message {message_id}", file=ctx.out)
-    return 0
-
-
 def _queues(args: argparse.Namespace, ctx: CliContext) -> FlagQueue | None:
     if not args.queue_url:
         print("egress dlq: give --queue-url or set EGRESS_QUEUE_URL", file=ctx.err)
@@ -235,10 +190,13 @@ def _queues(args: argparse.Namespace, ctx: CliContext) -> FlagQueue | None:
     return FlagQueue.discover(ctx.clients.sqs, queue_url=args.queue_url, dlq_url=args.dlq_url)
 
 
-def _receive_dlq(ctx: CliContext, dlq_url: str, *, limit: int) -> list[dict[str, Any]]:
-    """Receive up to ``limit`` DLQ messages; they stay invisible until released or deleted."""
+def _receive_dlq(
+    ctx: CliContext, dlq_url: str, *, limit: int, looking_for: str | None = None
+) -> list[dict[str, Any]]:
+    """Receive up to ``limit`` DLQ messages (fewer once ``looking_for`` is among them); they
+    stay invisible until released or deleted."""
     seen: dict[str, dict[str, Any]] = {}
-    while len(seen) < limit:
+    while len(seen) < limit and looking_for not in seen:
         response = ctx.clients.sqs.receive_message(
             QueueUrl=dlq_url,
             MaxNumberOfMessages=min(10, limit - len(seen)),
@@ -316,3 +274,38 @@ def _dlq_redrive(args: argparse.Namespace, ctx: CliContext) -> int:
     for message_id in sorted(missing):
         print(f"not found in the DLQ: {message_id}", file=ctx.err)
     return 1 if missing else 0
+
+
+def _dlq_delete(args: argparse.Namespace, ctx: CliContext) -> int:
+    queues = _queues(args, ctx)
+    if queues is None:
+        return 2
+    messages = _receive_dlq(ctx, queues.dlq_url, limit=args.max, looking_for=args.message_id)
+    chosen = next((m for m in messages if m["MessageId"] == args.message_id), None)
+    _release(ctx, queues.dlq_url, messages=[m for m in messages if m is not chosen])
+    if chosen is None:
+        print(
+            f"egress dlq delete: no message {args.message_id} in {queues.dlq_url} "
+            f"(looked at {len(messages)}; --max to look further)",
+            file=ctx.err,
+        )
+        return 1
+    entry = _describe(chosen)
+    for field in ("id", "reason", "flag", "detail"):
+        print(f"{field:<8}{entry[field]}", file=ctx.out)
+    if not args.yes and not _confirmed(ctx, "delete this message? [y/N] "):
+        _release(ctx, queues.dlq_url, messages=[chosen])
+        print("nothing deleted", file=ctx.out)
+        return 1
+    ctx.clients.sqs.delete_message(QueueUrl=queues.dlq_url, ReceiptHandle=chosen["ReceiptHandle"])
+    print(f"deleted {chosen['MessageId']}", file=ctx.out)
+    return 0
+
+
+def _confirmed(ctx: CliContext, question: str) -> bool:
+    """Whether the operator answered y or yes; end of input (no terminal, CI) is no."""
+    print(question, end="", file=ctx.out, flush=True)
+    answer = ctx.stdin.readline()
+    if not answer:
+        print("", file=ctx.out)  # end of input: finish the question's line
+    return answer.strip().lower() in {"y", "yes"}

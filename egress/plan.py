@@ -21,7 +21,8 @@ from datetime import datetime
 from egress.errors import PermanentError, Reason
 from egress.kernel.placeholders import resolve_placeholders
 from egress.names import s3_key_problem, sft_path_problem
-from egress.routing import RouteMatch, file_name_problems, folder_problems
+from egress.route_columns import file_name_problems, folder_problems
+from egress.routing import RouteMatch
 from egress.sources import SourceObject
 
 _SUFFIXES = {"gz": ".gz", "zstd": ".zst"}

@@ -9,8 +9,9 @@ a send-then-delete whose delete failed would send the message twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -41,27 +42,43 @@ class ReceiptGone(Exception):  # noqa: N818 - a state, not a failure of ours
 class FlagQueue:
     """Thin, translated operations on the flag queue and its DLQ."""
 
-    def __init__(self, sqs: SQSClient, *, queue_url: str, dlq_url: str) -> None:
+    def __init__(
+        self, sqs: SQSClient, *, queue_url: str, dlq_url: str, max_receive_count: int | None = None
+    ) -> None:
         self._sqs = sqs
         self.queue_url = queue_url
         self.dlq_url = dlq_url
+        # The redrive policy's limit: a message received this many times goes to the DLQ
+        # at its next receive. None when unknown (no policy, or it could not be read).
+        self.max_receive_count = max_receive_count
+
+    def is_last_receive(self, message: Message) -> bool:
+        """Whether the redrive policy moves ``message`` to the DLQ instead of delivering it again."""
+        return self.max_receive_count is not None and message.receive_count >= self.max_receive_count
 
     @classmethod
     def discover(cls, sqs: SQSClient, *, queue_url: str, dlq_url: str | None) -> FlagQueue:
-        """Find the DLQ from the queue's redrive policy unless it is given."""
-        if dlq_url:
-            return cls(sqs, queue_url=queue_url, dlq_url=dlq_url)
+        """Read the queue's redrive policy: its receive limit, and the DLQ unless it is given."""
+        doing = f"reading the redrive policy of {queue_url}"
         try:
             attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-            policy = json.loads(attributes.get("Attributes", {}).get("RedrivePolicy", "{}"))
-            arn = str(policy.get("deadLetterTargetArn", ""))
-            if not arn:
-                raise ValueError(f"queue {queue_url} has no redrive policy; set EGRESS_DLQ_URL or add a DLQ")
-            _, _, _, _, account, name = arn.split(":", 5)
+        except (ClientError, BotoCoreError) as exc:
+            if dlq_url:
+                return cls(sqs, queue_url=queue_url, dlq_url=dlq_url)  # the limit stays unknown
+            raise translate_client_error(exc, doing=doing) from exc
+        policy = _redrive_policy(attributes.get("Attributes", {}).get("RedrivePolicy", "{}"))
+        limit = _receive_limit(policy)
+        if dlq_url:
+            return cls(sqs, queue_url=queue_url, dlq_url=dlq_url, max_receive_count=limit)
+        arn = str(policy.get("deadLetterTargetArn", ""))
+        if not arn:
+            raise ValueError(f"queue {queue_url} has no redrive policy; set EGRESS_DLQ_URL or add a DLQ")
+        _, _, _, _, account, name = arn.split(":", 5)
+        try:
             found = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
         except (ClientError, BotoCoreError) as exc:
-            raise translate_client_error(exc, doing=f"reading the redrive policy of {queue_url}") from exc
-        return cls(sqs, queue_url=queue_url, dlq_url=found)
+            raise translate_client_error(exc, doing=doing) from exc
+        return cls(sqs, queue_url=queue_url, dlq_url=found, max_receive_count=limit)
 
     def receive(self, *, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]:
         """Long-poll for up to ``max_messages`` messages."""
@@ -158,3 +175,17 @@ class FlagQueue:
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, doing=f"sending {message.message_id} to the DLQ") from exc
         self.delete(message)
+
+
+def _redrive_policy(text: str) -> dict[str, Any]:
+    try:
+        policy = json.loads(text)
+    except ValueError:
+        return {}
+    return policy if isinstance(policy, dict) else {}
+
+
+def _receive_limit(policy: Mapping[str, Any]) -> int | None:
+    """``maxReceiveCount`` (SQS gives it as a number or a string), None if absent."""
+    value = str(policy.get("maxReceiveCount", ""))
+    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -16,6 +16,7 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import PermanentError, Reason, translate_client_error
+from egress.route_edits import now_iso, stamped, without_records
 from egress.routing import DEFAULT_SFT_ROOT, Route, delete_route, put_route, scan_routes
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def read_routes_file(path: Path, *, sft_root: Path = DEFAULT_SFT_ROOT) -> list[R
     rows = loaded.get("routes") if isinstance(loaded, dict) else None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise RoutesFileRefused(f"{path} must hold `routes:` followed by a list of rows")
-    wanted = [Route.from_plain(row) for row in rows]
+    wanted = [without_records(Route.from_plain(row)) for row in rows]
     refused = [(route, problems) for route in wanted if (problems := route.problems(sft_root=sft_root))]
     keys = [(r.source_prefix, r.pipeline_name) for r in wanted]
     duplicates = sorted({key for key in keys if keys.count(key) > 1})
@@ -131,10 +132,16 @@ class RoutesPlan:
             text += f" ({self.kept} row(s) not in the file kept; --prune deletes them)"
         return text
 
-    def apply(self, dynamodb: DynamoDBClient) -> None:
-        """Write the added and changed rows, then delete the removed ones."""
-        for route in (*self.added, *(new for _, new in self.changed)):
-            put_route(dynamodb, self.table, route)
+    def apply(self, dynamodb: DynamoDBClient, *, editor: str = "") -> None:
+        """Write the added and changed rows, then delete the removed ones.
+
+        Each written row records ``editor`` (the caller's STS identity) as its last editor,
+        and a changed row loses its approval when what it delivers changed
+        (:func:`egress.route_edits.stamped`).
+        """
+        at = now_iso()
+        for current, route in (*((None, new) for new in self.added), *self.changed):
+            put_route(dynamodb, self.table, stamped(route, current=current, editor=editor, at=at))
         for route in self.removed:
             delete_route(
                 dynamodb, self.table, source_prefix=route.source_prefix, pipeline_name=route.pipeline_name

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,18 +19,29 @@ from egress.errors import EgressError, PermanentError, translate_client_error
 from egress.kernel.s3uri import parse_s3_uri
 from egress.kernel.timefmt import parse_iso8601
 from egress.messages import FlagEvent
-from egress.plan import control_file_name, destination_name, manifest_name
+from egress.route_edits import RouteEditRefused, approve, caller_identity, now_iso, set_enabled, stamped
+from egress.route_policy import RECORD_COLUMNS, approval_state
 from egress.routes_apply import (
     RoutesFileRefused,
     all_routes,
     plan_routes_file,
     read_yaml_file,
-    route_destination,
 )
-from egress.routing import DEFAULT_SFT_ROOT, Route, RouteMatch, RouteTable, delete_route, get_route, put_route
-from egress.sources import list_objects
+from egress.routes_report import explain_entries, print_entry_details, route_summary
+from egress.routing import DEFAULT_SFT_ROOT, Route, RouteTable, delete_route, get_route, put_route
 
-TABLE_COLUMNS = ("source_prefix", "pipeline_name", "transfer_type", "recipient_name", "destination", "flags")
+if TYPE_CHECKING:
+    pass
+
+TABLE_COLUMNS = (
+    "source_prefix",
+    "pipeline_name",
+    "transfer_type",
+    "recipient_name",
+    "destination",
+    "flags",
+    "approval",
+)
 # The columns `routes put` takes as options: text ones, then the on/off ones.
 PUT_TEXT_COLUMNS = (
     "source_prefix",
@@ -48,7 +59,8 @@ PUT_TEXT_COLUMNS = (
     "control_file_prefix",
     "encrypting_key_ssm_parm_name",
 )
-PUT_FLAG_COLUMNS = ("decrypt", "compress", "timestamp_files", "rewrap_datakey")
+PUT_FLAG_COLUMNS = ("decrypt", "compress", "timestamp_files", "rewrap_datakey", "approval_required")
+PUT_LIST_COLUMNS = ("include", "exclude")
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +76,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     get.add_argument("source_prefix")
     get.add_argument("pipeline_name")
     _output(get, default="yaml")
-    _sft_root(get)
+    add_sft_root_option(get)
     get.set_defaults(handler=_get)
 
     put = sub.add_parser("put", help="write one row (validated first)")
@@ -73,9 +85,32 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         put.add_argument(f"--{column.replace('_', '-')}", dest=column)
     for flag in PUT_FLAG_COLUMNS:
         put.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action=argparse.BooleanOptionalAction)
+    for column in PUT_LIST_COLUMNS:
+        put.add_argument(
+            f"--{column}",
+            action="append",
+            dest=column,
+            metavar="GLOB",
+            help=f"{column} objects whose path below the flag's folder matches (gitignore-style; repeatable)",
+        )
     put.add_argument("--disabled", action="store_true", help="keep the row but deliver nothing")
-    _sft_root(put)
+    add_sft_root_option(put)
     put.set_defaults(handler=_put)
+
+    for name, helptext, handler in (
+        ("approve", "approve a row that requires approval (as the caller; not its last editor)", _approve),
+        ("enable", "switch a row on (its approval stays)", _enable),
+        (
+            "disable",
+            "switch a row off: flags matching only disabled rows are deleted, not delivered",
+            _disable,
+        ),
+    ):
+        action = sub.add_parser(name, help=helptext)
+        action.add_argument("source_prefix")
+        action.add_argument("pipeline_name")
+        add_sft_root_option(action)
+        action.set_defaults(handler=handler)
 
     delete = sub.add_parser("delete", help="delete one row")
     delete.add_argument("source_prefix")
@@ -86,7 +121,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "validate", help="check every row; exit 1 if any is invalid (warnings alone do not fail)"
     )
     _output(validate)
-    _sft_root(validate)
+    add_sft_root_option(validate)
     validate.set_defaults(handler=_validate)
 
     explain = sub.add_parser("explain", help="which rows match a flag and what each object would be named")
@@ -95,7 +130,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     explain.add_argument("--flag-name", default="pipeline_success.flag")
     explain.add_argument("--limit", type=int, default=200, help="objects listed per route at most")
     _output(explain)
-    _sft_root(explain)
+    add_sft_root_option(explain)
     explain.set_defaults(handler=_explain)
 
     export = sub.add_parser("export", help="every row as YAML (what apply reads)")
@@ -106,7 +141,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     apply.add_argument("file", type=Path)
     apply.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     apply.add_argument("--prune", action="store_true", help="delete rows that are not in the file")
-    _sft_root(apply)
+    add_sft_root_option(apply)
     apply.set_defaults(handler=_apply)
 
 
@@ -114,7 +149,8 @@ def _output(parser: argparse.ArgumentParser, *, default: str = "table") -> None:
     parser.add_argument("--output", "-o", choices=["table", "json", "yaml"], default=default)
 
 
-def _sft_root(parser: argparse.ArgumentParser) -> None:
+def add_sft_root_option(parser: argparse.ArgumentParser) -> None:
+    """``--sft-root``: the workers' SFT volume root, which checking and resolving SFT rows needs."""
     # Absolute SFT folders are valid only under the workers' SFT root, so checking a row
     # needs it: the same variable the worker reads, or its default.
     parser.add_argument(
@@ -130,28 +166,6 @@ def _print_rows(rows: Sequence[dict[str, Any]], ctx: CliContext, *, fmt: str) ->
         print(json.dumps(rows, indent=2, default=str, ensure_ascii=False), file=ctx.out)
     elif fmt == "yaml":
         print(yaml.safe_dump(rows, sort_keys=False, allow_unicode=True).rstrip(), file=ctx.out)
-
-
-def _summary(route: Route) -> dict[str, str]:
-    flags = [name for name in ("decrypt", "compress", "timestamp_files") if getattr(route, name)]
-    if route.rewrap_datakey:
-        flags.append("rewrap")
-    if route.manifest_file_name:
-        flags.append("manifest")
-    if route.control_file_prefix:
-        flags.append("control-file")
-    if route.role_arn:
-        flags.append("cross-account")
-    if not route.enabled:
-        flags.append("DISABLED")
-    return {
-        "source_prefix": route.source_prefix,
-        "pipeline_name": route.pipeline_name,
-        "transfer_type": route.transfer_type,
-        "recipient_name": route.recipient_name,
-        "destination": route_destination(route),
-        "flags": ",".join(flags) or "-",
-    }
 
 
 def _table(rows: Iterable[dict[str, str]], ctx: CliContext, *, columns: Sequence[str]) -> None:
@@ -200,7 +214,7 @@ def _guard(handler: Callable[[argparse.Namespace, CliContext], int]) -> Handler:
 def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     routes = _all_routes(ctx)
     if args.output == "table":
-        _table((_summary(r) for r in routes), ctx, columns=TABLE_COLUMNS)
+        _table((route_summary(r) for r in routes), ctx, columns=TABLE_COLUMNS)
         print(f"{len(routes)} route(s) in {ctx.routes_table}", file=ctx.out)
     else:
         _print_rows([r.to_plain() for r in routes], ctx, fmt=args.output)
@@ -222,6 +236,9 @@ def _get(args: argparse.Namespace, ctx: CliContext) -> int:
         print(f"INVALID: {problem}", file=ctx.err)
     for warning in route.warnings():
         print(f"WARNING: {warning}", file=ctx.err)
+    approval = approval_state(route)
+    if approval.state != "not_required":
+        print(f"approval: {approval.state}: {approval.detail}", file=ctx.err)
     return 1 if problems else 0
 
 
@@ -233,12 +250,15 @@ def _put(args: argparse.Namespace, ctx: CliContext) -> int:
         if not isinstance(loaded, dict):
             return _fail(ctx, f"{args.file} must hold one row (a mapping of columns)")
         row.update(loaded)
-    for column in (*PUT_TEXT_COLUMNS, *PUT_FLAG_COLUMNS):
+    for column in (*PUT_TEXT_COLUMNS, *PUT_FLAG_COLUMNS, *PUT_LIST_COLUMNS):
         value = getattr(args, column)
         if value is not None:
             row[column] = value
     if args.disabled:
         row["enabled"] = False
+    ignored = [column for column in RECORD_COLUMNS if row.pop(column, None)]
+    if ignored:
+        print(f"warning: {', '.join(ignored)} ignored: the CLI records edits and approvals", file=ctx.err)
     route = Route.from_plain(row)
     problems = route.problems(sft_root=args.sft_root)
     if problems:
@@ -248,11 +268,81 @@ def _put(args: argparse.Namespace, ctx: CliContext) -> int:
             ctx,
             f"row ({route.source_prefix!r}, {route.pipeline_name!r}) not written: {len(problems)} problem(s)",
         )
-    put_route(ctx.clients.dynamodb, ctx.routes_table, route)
+    dynamodb = ctx.clients.dynamodb
+    current = get_route(
+        dynamodb, ctx.routes_table, source_prefix=route.source_prefix, pipeline_name=route.pipeline_name
+    )
+    route = stamped(route, current=current, editor=caller_identity(ctx.clients.sts), at=now_iso())
+    put_route(dynamodb, ctx.routes_table, route)
     print(f"written ({route.source_prefix!r}, {route.pipeline_name!r}) to {ctx.routes_table}", file=ctx.out)
+    if current is not None and current.approved_by and not route.approved_by:
+        print(f"approval by {current.approved_by} dropped: the row now delivers differently", file=ctx.out)
+    if route.approval_required and not approval_state(route).delivers:
+        print(
+            "the row delivers nothing until someone other than its editor runs "
+            f"`egress routes approve {route.source_prefix} {route.pipeline_name}`",
+            file=ctx.out,
+        )
     for warning in route.warnings():
         print(f"warning: {warning}", file=ctx.err)
     return 0
+
+
+def _refusal(
+    handler: Callable[[argparse.Namespace, CliContext], int],
+) -> Callable[[argparse.Namespace, CliContext], int]:
+    """The handler with a refused edit printed as one line and exit code 1."""
+
+    def wrapped(args: argparse.Namespace, ctx: CliContext) -> int:
+        try:
+            return handler(args, ctx)
+        except RouteEditRefused as exc:
+            return _fail(ctx, f"refused: {exc}")
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+@_guard
+@_refusal
+def _approve(args: argparse.Namespace, ctx: CliContext) -> int:
+    approver = caller_identity(ctx.clients.sts)
+    route = approve(
+        ctx.clients.dynamodb, ctx.routes_table, **_row_key(args), approver=approver, sft_root=args.sft_root
+    )
+    print(
+        f"approved ({route.source_prefix!r}, {route.pipeline_name!r}) as {approver} "
+        f"(last edited by {route.updated_by or 'unknown'}); flags in the DLQ as route_not_approved "
+        "can be redriven now (egress dlq redrive)",
+        file=ctx.out,
+    )
+    return 0
+
+
+def _switch(args: argparse.Namespace, ctx: CliContext, *, enabled: bool) -> int:
+    was = set_enabled(
+        ctx.clients.dynamodb,
+        ctx.routes_table,
+        **_row_key(args),
+        enabled=enabled,
+        editor=caller_identity(ctx.clients.sts),
+    )
+    state = "enabled" if enabled else "disabled"
+    note = " (it already was)" if was == enabled else ""
+    print(f"{state} ({args.source_prefix!r}, {args.pipeline_name!r}){note}", file=ctx.out)
+    return 0
+
+
+@_guard
+@_refusal
+def _enable(args: argparse.Namespace, ctx: CliContext) -> int:
+    return _switch(args, ctx, enabled=True)
+
+
+@_guard
+@_refusal
+def _disable(args: argparse.Namespace, ctx: CliContext) -> int:
+    return _switch(args, ctx, enabled=False)
 
 
 @_guard
@@ -320,29 +410,12 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
     except PermanentError as exc:
         print(f"{exc.reason}: {exc.detail}", file=ctx.out)
         return 1
-    report: list[dict[str, Any]] = []
-    for match in matches:
-        entry: dict[str, Any] = {
-            **_summary(match.route),
-            "problems": list(match.problems),
-            "warnings": list(match.warnings),
-            "objects": [],
-        }
-        if not match.problems:
-            entry.update(_extra_files(match, when))
-            listing = list_objects(
-                ctx.clients.s3, bucket=bucket, prefix=match.delivery_prefix, flag_name=args.flag_name
-            )
-            for obj in listing:
-                if len(entry["objects"]) >= args.limit:
-                    entry["truncated"] = True
-                    break
-                try:
-                    name = destination_name(match, obj.key, event_time=when)
-                except PermanentError as exc:
-                    name = f"REFUSED ({exc.reason}: {exc.detail})"
-                entry["objects"].append({"source_key": obj.key, "size": obj.size, "destination": name})
-        report.append(entry)
+    if not matches:
+        print(
+            f"{event.uri}: every matching row is disabled; the worker deletes the flag unsent", file=ctx.out
+        )
+        return 0
+    report = explain_entries(ctx.clients.s3, event, matches, flag_name=args.flag_name, limit=args.limit)
     if args.output != "table":
         _print_rows(report, ctx, fmt=args.output)
     else:
@@ -355,33 +428,8 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
                 f"[{entry['flags']}]",
                 file=ctx.out,
             )
-            for problem in entry["problems"]:
-                print(f"  INVALID: {problem}", file=ctx.out)
-            for warning in entry["warnings"]:
-                print(f"  WARNING: {warning}", file=ctx.out)
-            for obj in entry["objects"]:
-                print(f"  {obj['source_key']}  ->  {obj['destination']}", file=ctx.out)
-            if not entry["problems"] and not entry["objects"]:
-                print("  (no objects under the flag's folder yet)", file=ctx.out)
-            for label in ("manifest", "control_file"):
-                if entry.get(label):
-                    print(f"  ({label.replace('_', ' ')})  ->  {entry[label]}", file=ctx.out)
-    return 1 if any(entry["problems"] for entry in report) else 0
-
-
-def _extra_files(match: RouteMatch, when: datetime) -> dict[str, str]:
-    """The names of the manifest and the control file a delivery would write, if any."""
-    extra: dict[str, str] = {}
-    try:
-        manifest = manifest_name(match)
-        control = control_file_name(match, event_time=when)
-    except PermanentError as exc:
-        return {"manifest": f"REFUSED ({exc.reason}: {exc.detail})"}
-    if manifest:
-        extra["manifest"] = manifest
-    if control:
-        extra["control_file"] = control
-    return extra
+            print_entry_details(entry, out=ctx.out)
+    return 1 if any(entry["problems"] or entry.get("not_approved") for entry in report) else 0
 
 
 def _export_text(routes: Sequence[Route]) -> str:
@@ -426,6 +474,6 @@ def _apply(args: argparse.Namespace, ctx: CliContext) -> int:
         if answer not in {"y", "yes"}:
             print("nothing applied", file=ctx.out)
             return 1
-    plan.apply(ctx.clients.dynamodb)
+    plan.apply(ctx.clients.dynamodb, editor=caller_identity(ctx.clients.sts))
     print(f"applied to {ctx.routes_table}", file=ctx.out)
     return 0

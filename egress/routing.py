@@ -30,8 +30,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import PermanentError, Reason, error_code, translate_client_error
 from egress.kernel.placeholders import PLACEHOLDERS, resolve_placeholders
-from egress.kernel.tempnames import TEMP_SUFFIXES
 from egress.messages import FlagEvent
+from egress.route_columns import (
+    as_bool,
+    file_name_problems,
+    folder_problems,
+    sft_relative_folder,
+    ssm_parameter_problem,
+)
+from egress.route_policy import FILTER_COLUMNS, as_patterns, pattern_problems
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -49,10 +56,7 @@ DEFAULT_SFT_ROOT = Path("/data-egress")
 # no encryption are accepted.
 MANIFEST_PLAINTEXT = ("", "none", "false", "plaintext", "unencrypted")
 MANIFEST_ENCRYPTED = ("encrypted", "re-wrapped", "rewrapped", "true")
-# DESIGN §12 columns this worker does not act on yet. Each can only hold data back, so a row
-# that sets one is refused rather than delivered as if it were not there.
-UNSUPPORTED_COLUMNS = ("include", "exclude", "approval_required")
-_BOOL_COLUMNS = ("decrypt", "compress", "timestamp_files", "rewrap_datakey")
+_BOOL_COLUMNS = ("decrypt", "compress", "timestamp_files", "rewrap_datakey", "approval_required")
 _NOT_COLUMNS = ("load_problems", "load_warnings")
 
 _PLACEHOLDER_WORD = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
@@ -62,80 +66,8 @@ _KMS_KEY = re.compile(
     r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[\w-]+|alias/[\w/+=,.@-]+)|alias/[\w/+=,.@-]+|[0-9a-f-]{36}|mrk-[0-9a-f]{32})$"
 )
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# SSM parameter names: "name" or "/a/b", letters, digits and _.-/ only, at most 2048
-# characters and 15 levels (AWS's rules for GetParameter's Name).
-_SSM_PARAMETER = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-SSM_PARAMETER_MAX = 2048
-SSM_PARAMETER_LEVELS = 15
-FILE_NAME_MAX = 255  # bytes: the longest name a file system (and the SFT agent) takes
 # A date the file-name columns are checked with: their placeholders resolve to digits.
 _CHECK_DATE = datetime(2000, 1, 1)
-
-
-def _as_bool(value: Any, *, column: str, problems: list[str], default: bool = False) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    # The replaced system's rows sometimes hold "true"/"false" strings: accept them.
-    if isinstance(value, str) and value.lower() in {"true", "false"}:
-        return value.lower() == "true"
-    problems.append(f"{column} must be a boolean, got {value!r}")
-    return default
-
-
-def folder_problems(folder: str, *, column: str) -> list[str]:
-    """Why ``folder`` cannot be a relative folder under the SFT root (empty list if fine)."""
-    problems = []
-    if folder.startswith("/"):
-        problems.append(f"{column} {folder!r} must be relative to the SFT root, not absolute")
-    if "\\" in folder or _CONTROL.search(folder):
-        problems.append(f"{column} {folder!r} holds a backslash or a control character")
-    segments = [segment for segment in folder.strip("/").split("/")]
-    if any(segment in {"..", "."} for segment in segments):
-        problems.append(f"{column} {folder!r} must not contain '.' or '..' segments")
-    if any(segment.startswith(".") and segment not in {".", ".."} for segment in segments):
-        problems.append(f"{column} {folder!r} has a hidden segment the agent would skip")
-    if "//" in folder.strip("/"):
-        problems.append(f"{column} {folder!r} has an empty segment")
-    return problems
-
-
-def file_name_problems(name: str, *, column: str) -> list[str]:
-    """Why ``name`` (placeholders resolved) cannot be a file's name in a destination folder."""
-    problems = []
-    if not name or "/" in name or "\\" in name or name.startswith(".") or _CONTROL.search(name):
-        problems.append(f"{column} {name!r} must be a plain, visible file name (no '/', no leading '.')")
-    elif name.endswith(TEMP_SUFFIXES):
-        problems.append(f"{column} {name!r} ends like a temporary file the SFT agent never sends")
-    if len(name.encode("utf-8", "surrogatepass")) > FILE_NAME_MAX:
-        problems.append(f"{column} is longer than {FILE_NAME_MAX} bytes")
-    return problems
-
-
-def ssm_parameter_problem(name: str) -> str | None:
-    """Why ``name`` is not an SSM parameter name (``name`` or ``/a/b``), or None."""
-    if len(name) > SSM_PARAMETER_MAX:
-        return f"is longer than {SSM_PARAMETER_MAX} characters"
-    if not _SSM_PARAMETER.match(name):
-        return "must be a parameter name like 'name' or '/a/b' (letters, digits, '_', '.', '-', '/')"
-    if name.strip("/").count("/") + 1 > SSM_PARAMETER_LEVELS:
-        return f"has more than {SSM_PARAMETER_LEVELS} levels"
-    return None
-
-
-def sft_relative_folder(folder: str, *, sft_root: Path) -> str | None:
-    """``folder`` relative to ``sft_root`` if it is an absolute path under it, else None.
-
-    The replaced system wrote SFT folders as absolute paths on its volume
-    (``/data-egress/RIS``); below the root they name the same folder here (``RIS/``).
-    """
-    root = str(sft_root).rstrip("/")
-    if not folder.startswith("/") or not (folder == root or folder.startswith(root + "/")):
-        return None
-    relative = folder[len(root) :].lstrip("/")
-    return relative.rstrip("/") + "/" if relative else ""
 
 
 def resolve_destination_prefix(route: Route, when: datetime, *, sft_root: Path) -> str:
@@ -178,6 +110,19 @@ class Route:
     encrypting_key_ssm_parm_name: str = ""
     control_file_prefix: str = ""
     manifest_file_encryption: str = ""
+    # Filters and approval (DESIGN §12, egress.route_policy).
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    approval_required: bool = False
+    # Records the CLI writes: who edited, approved, switched the row. Not compared, so a row
+    # read back equals the row written whoever wrote it (``routes apply`` diffs by equality).
+    approved_by: str = field(default="", compare=False)
+    approved_at: str = field(default="", compare=False)
+    approved_digest: str = field(default="", compare=False)
+    updated_by: str = field(default="", compare=False)
+    updated_at: str = field(default="", compare=False)
+    enabled_changed_by: str = field(default="", compare=False)
+    enabled_changed_at: str = field(default="", compare=False)
     load_problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
     # Columns the row holds that no version of the table defined: reported, never fatal, so
     # that a stray column does not dead-letter live traffic (they are not written back).
@@ -192,9 +137,11 @@ class Route:
         for column in known:
             value = row.get(column)
             if column in _BOOL_COLUMNS:
-                values[column] = _as_bool(value, column=column, problems=problems)
+                values[column] = as_bool(value, column=column, problems=problems)
             elif column == "enabled":
-                values[column] = _as_bool(value, column=column, problems=problems, default=True)
+                values[column] = as_bool(value, column=column, problems=problems, default=True)
+            elif column in FILTER_COLUMNS:
+                values[column] = as_patterns(value, column=column, problems=problems)
             elif value is None:
                 values[column] = ""
             elif isinstance(value, str):
@@ -202,14 +149,7 @@ class Route:
             else:
                 problems.append(f"{column} must be a string, got {type(value).__name__}")
                 values[column] = str(value)
-        unknown = sorted(set(row) - known)
-        refused = [column for column in unknown if column in UNSUPPORTED_COLUMNS and row[column]]
-        for column in refused:
-            problems.append(
-                f"{column} is not supported by this worker yet: delivering the row without it "
-                "would send what it is meant to hold back"
-            )
-        ignored = [column for column in unknown if column not in refused]
+        ignored = sorted(set(row) - known)
         warnings = [f"unknown column(s) ignored: {', '.join(ignored)}"] if ignored else []
         return cls(**values, load_problems=tuple(problems), load_warnings=tuple(warnings))
 
@@ -226,9 +166,11 @@ class Route:
             if f.name in _NOT_COLUMNS:
                 continue
             value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
             if (
                 f.name in {"source_prefix", "pipeline_name"}
-                or value not in ("", False)
+                or value not in ("", False, [])
                 or f.name == "enabled"
             ):
                 row[f.name] = value
@@ -295,6 +237,8 @@ class Route:
             )
         problems.extend(self._rewrap_problems())
         problems.extend(self._file_name_column_problems())
+        for column in FILTER_COLUMNS:
+            problems.extend(pattern_problems(column, getattr(self, column)))
         return problems
 
     def warnings(self) -> list[str]:
@@ -449,7 +393,9 @@ class RouteTable:
     def find(self, event: FlagEvent) -> list[RouteMatch]:
         """The enabled rows matching the flag (invalid ones carry their problems).
 
-        Raises ``PermanentError(no_route)`` when no enabled row for the event's bucket matches.
+        An empty list when every matching row is disabled: the flag is deliberately not
+        delivered, which is no error. Raises ``PermanentError(no_route)`` when no row for
+        the event's bucket matches at all.
         """
         flag_prefix = event.prefix
         when = event.event_time
@@ -468,12 +414,12 @@ class RouteTable:
                 disabled += 1
                 continue
             matches.append(match)
+        if not matches and disabled:
+            return []
         if not matches:
             detail = f"no route for s3://{event.bucket}/{flag_prefix} in table {self.table_name}"
             if other_buckets:
                 detail += f"; {len(other_buckets)} bucket(s) have rows for this prefix: {', '.join(sorted(other_buckets))}"
-            if disabled:
-                detail += f"; {disabled} matching row(s) are disabled"
             raise PermanentError(Reason.NO_ROUTE, detail)
         matches.sort(key=lambda m: (m.route.source_prefix, m.route.pipeline_name))
         return matches

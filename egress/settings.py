@@ -36,6 +36,7 @@ from egress.settings_schema import (
     SettingsError,
     SettingsModel,
     TableName,
+    TopicArn,
     ValidatedAs,
     apply_environment,
     as_tuple,
@@ -61,7 +62,8 @@ OPERATOR_VARIABLES: Final = (
     "EGRESS_HEARTBEAT_SECONDS", "EGRESS_ROUTE_CACHE_SECONDS", "EGRESS_LEDGER_TTL_DAYS",
     "EGRESS_LEDGER_LEASE_SECONDS", "EGRESS_RETRY_ATTEMPTS", "EGRESS_BACKOFF_BASE_SECONDS",
     "EGRESS_BACKOFF_MAX_SECONDS", "EGRESS_FREE_SPACE_MARGIN_MB", "EGRESS_COPY_THRESHOLD_MB",
-    "EGRESS_KEY_CACHE_SECONDS", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+    "EGRESS_KEY_CACHE_SECONDS", "EGRESS_EVENTS_TOPIC_ARN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
 )  # fmt: skip
 # The standard AWS variables, in rising precedence; EGRESS_AWS_* win over them.
 _AWS_STANDARD: Final[tuple[tuple[str, Loc], ...]] = (
@@ -160,6 +162,7 @@ class WorkerSettings(SettingsModel):
     # At most 5 GiB: the most one CopyObject copies; multipart copies above.
     copy_threshold_mb: int = Field(default=5 * 1024, ge=0, le=5 * 1024)
     key_cache_seconds: float = Field(default=300.0, ge=0)
+    events_topic_arn: TopicArn | None = None  # completion events (docs/events.md); none: not published
     aws: Annotated[AwsConfig, ValidatedAs(AwsSettings)] = Field(default_factory=AwsConfig)
 
     @model_validator(mode="before")

@@ -183,6 +183,17 @@ def _table_name(value: Any) -> Any:
     return value
 
 
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+
+
+def _topic_arn(value: Any) -> Any:
+    if isinstance(value, str) and not _TOPIC_ARN.match(value):
+        raise ValueError(
+            f"must be the ARN of a standard SNS topic (arn:aws:sns:REGION:ACCOUNT:NAME), got {value!r}"
+        )
+    return value
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -199,6 +210,8 @@ PathValue = Annotated[Path, BeforeValidator(_path)]
 AbsolutePath = Annotated[Path, BeforeValidator(absolute_path)]
 Regex = Annotated[re.Pattern[str], PlainValidator(_regex)]
 TableName = Annotated[str, BeforeValidator(_table_name)]
+TopicArn = Annotated[str, BeforeValidator(_topic_arn)]
+"""The SNS topic completion events go to (DESIGN §12)."""
 Port = Annotated[int, Field(ge=0, le=65535)]
 HostName = Annotated[str, Field(min_length=1)]
 LogFormat = Literal["json", "console"]

@@ -38,15 +38,19 @@ from egress.errors import (
     StopRequested,
     translate_client_error,
 )
+from egress.events import NullPublisher, RouteAnnouncer, RouteEvent, failed_event, worker_announcer
 from egress.ledger import DeliveryKey, LeaseHeld, Ledger
 from egress.ledger_table import LedgerSchemaError, check_ledger_schema
 from egress.messages import FlagEvent, Ignored, MalformedMessage, parse_body
 from egress.queue import FlagQueue, Message, ReceiptGone
+from egress.route_policy import approval_state
 from egress.routing import RouteTable
 
 if TYPE_CHECKING:
     from egress.aws import AwsClients
+    from egress.delivery import RouteResult
     from egress.destinations.sft import SftDestination
+    from egress.routing import RouteMatch
     from egress.settings import WorkerSettings
     from egress.transforms.decrypt import Decryptor
 
@@ -62,6 +66,9 @@ class _InFlight:
     # Set to abort this message's work: the worker aborts everything, or its lease was lost.
     cancel: threading.Event = field(default_factory=threading.Event)
     lease_lost: bool = False
+    failures: list[RouteEvent] = field(default_factory=list)  # announced once the fate is final
+    # Flags of this message whose every matching row is disabled: deleted, not dead-lettered.
+    disabled_flags: int = 0
 
 
 class Worker:
@@ -77,10 +84,12 @@ class Worker:
         ledger: Ledger,
         decryptor: Decryptor,
         sft: SftDestination,
+        events: RouteAnnouncer | None = None,
     ) -> None:
         self.settings = settings
         self._aws = aws
         self._queue = queue
+        self._events = events or RouteAnnouncer(NullPublisher())
         self._routes = routes
         self._ledger = ledger
         self._sft = sft
@@ -309,13 +318,16 @@ class Worker:
         elif retryable:
             first = retryable[0]
             self._retry_later(message, reason=first.reason, detail=first.detail)
+            self._events.settle(entry.failures, final=self._queue.is_last_receive(message))
         elif permanent:
             detail = "; ".join(error.detail for error in permanent)
             self._dead_letter(message, PermanentError(permanent[0].reason, detail))
+            self._events.settle(entry.failures, final=True)
         else:
             self._queue.delete(message)
-            metrics.MESSAGES.labels(outcome="delivered").inc()
-            log.info("message_done", routes_delivered=delivered)
+            outcome = "disabled" if entry.disabled_flags and not delivered else "delivered"
+            metrics.MESSAGES.labels(outcome=outcome).inc()
+            log.info("message_done", routes_delivered=delivered, outcome=outcome)
 
     def _deliver_event(
         self,
@@ -326,6 +338,18 @@ class Worker:
         retryable: list[EgressError],
     ) -> int:
         matches = self._routes.find(event)  # PermanentError(no_route) when nothing matches
+        if event.only_pipeline is not None and matches:  # a replay of one route (egress replay --pipeline)
+            matches = [match for match in matches if match.route.pipeline_name == event.only_pipeline]
+            if not matches:
+                raise PermanentError(
+                    Reason.NO_ROUTE,
+                    f"no enabled route with pipeline_name {event.only_pipeline!r} for {event.uri} "
+                    "(the message asked for that pipeline only)",
+                )
+        if not matches:
+            log.info("flag_routes_disabled", detail="every matching route is disabled: nothing delivered")
+            entry.disabled_flags += 1
+            return 0
         upload_id = self._upload_id(event)
         delivered = 0
         for match in matches:
@@ -341,7 +365,15 @@ class Worker:
                         f"route ({route.source_prefix!r}, {route.pipeline_name!r}) is invalid: {problems}",
                     )
                 )
+                self._announce(entry, event, match, error=permanent[-1])
                 log.error("route_invalid", problems=list(match.problems))
+                continue
+            approval = approval_state(route)
+            if not approval.delivers:
+                log.error("route_not_approved", state=approval.state, detail=approval.detail)
+                metrics.FAILURES.labels(kind="permanent", reason=Reason.ROUTE_NOT_APPROVED).inc()
+                permanent.append(PermanentError(Reason.ROUTE_NOT_APPROVED, approval.detail))
+                self._announce(entry, event, match, error=permanent[-1])
                 continue
 
             def on_lease(key: DeliveryKey) -> None:
@@ -353,6 +385,7 @@ class Worker:
                     event, match, upload_id=upload_id, cancel=entry.cancel, on_lease=on_lease
                 )
                 delivered += 0 if result.skipped else 1
+                self._announce(entry, event, match, result=result)
             except LeaseHeld as exc:
                 log.info("route_held_elsewhere", detail=exc.detail)
                 retryable.append(exc)
@@ -360,15 +393,32 @@ class Worker:
                 log.warning("route_failed_retrying", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="retryable", reason=exc.reason).inc()
                 retryable.append(exc)
+                self._announce(entry, event, match, error=exc)
             except PermanentError as exc:
                 log.error("route_failed_permanently", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="permanent", reason=exc.reason).inc()
                 permanent.append(exc)
+                self._announce(entry, event, match, error=exc)
             finally:
                 with entry.lock:
                     entry.leases.clear()  # the delivery ended: nothing left to renew
         structlog.contextvars.unbind_contextvars("pipeline", "recipient")
         return delivered
+
+    def _announce(
+        self,
+        entry: _InFlight,
+        event: FlagEvent,
+        match: RouteMatch,
+        *,
+        result: RouteResult | None = None,
+        error: EgressError | None = None,
+    ) -> None:
+        """Completion events (:mod:`egress.events`): a delivery now, a failure once its message's fate is final."""
+        if result is not None:
+            self._events.delivered(event, result)  # nothing for a route skipped as already delivered
+        elif error is not None and not isinstance(error, LeaseHeld):  # the holder announces its own
+            entry.failures.append(failed_event(event, match, error))
 
     @staticmethod
     def _upload_id(event: FlagEvent) -> str:
@@ -516,6 +566,7 @@ def run_worker(settings: WorkerSettings) -> int:
         sft=SftDestination(
             settings.sft_root, free_space_margin_bytes=settings.free_space_margin_mb * 1024 * 1024
         ),
+        events=worker_announcer(aws, settings, queue),
     )
     probes = metrics.WorkerProbeServer(
         host=settings.metrics_host, port=settings.metrics_port, healthy=worker.healthy, ready=worker.ready

@@ -35,6 +35,7 @@ from sft_agent.tls import (
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sns import SNSClient
 
 _MAIN_TICK = 0.05
 _ABORT_WAIT = 10.0
@@ -58,6 +59,7 @@ class Agent:
         *,
         metrics: AgentMetrics | None = None,
         dynamodb: DynamoDBClient | None = None,
+        sns: SNSClient | None = None,
         agent_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -69,8 +71,12 @@ class Agent:
         if settings.ledger is not None:
             if dynamodb is None:
                 raise StartupError("ledger: a DynamoDB client is needed (built by the entry point)")
+            if settings.ledger.events_topic_arn and sns is None:
+                raise StartupError(
+                    "ledger.events_topic_arn: an SNS client is needed (built by the entry point)"
+                )
             self.ledger = LedgerRecorder(
-                settings.ledger, dynamodb=dynamodb, agent_id=self.agent_id, metrics=self.metrics
+                settings.ledger, dynamodb=dynamodb, agent_id=self.agent_id, metrics=self.metrics, sns=sns
             )
         self.runners: list[RouteRunner] = []
         self._claims: list[ClaimFolder] = []

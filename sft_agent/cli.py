@@ -1,7 +1,8 @@
 """``sft-agent``: ``run`` (the daemon), ``receiver`` (mTLS stand-in), ``dev-certs``, ``check``.
 
-Exit codes: 0 success (also after a clean stop), 1 stopped uncleanly, 2 bad config or
-arguments (the message names the key and the problem).
+Exit codes: 0 success (also after a clean stop), 1 stopped uncleanly (``run``) or a
+receiver failed its check (``check``), 2 bad config or arguments (the message names the
+key and the problem).
 """
 
 from __future__ import annotations
@@ -33,19 +34,21 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    dynamodb = None
+    dynamodb = sns = None
     if settings.ledger is not None:
         from botocore.exceptions import BotoCoreError
 
-        from sft_agent.ledger import build_dynamodb_client
+        from sft_agent.ledger import build_dynamodb_client, build_sns_client
 
         try:
             dynamodb = build_dynamodb_client(settings.ledger)
+            if settings.ledger.events_topic_arn:
+                sns = build_sns_client(settings.ledger)
         except BotoCoreError as exc:
             print(f"sft-agent: cannot start: ledger: {exc} (set AWS_REGION)", file=sys.stderr)
             return 2
     try:
-        agent = Agent(settings, dynamodb=dynamodb)
+        agent = Agent(settings, dynamodb=dynamodb, sns=sns)
         agent.prepare()
     except StartupError as exc:
         structlog.get_logger("sft_agent").error("cannot_start", error=str(exc))
@@ -55,11 +58,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from sft_agent.check import CheckOptions, run_check
     from sft_agent.tls import TlsConfigError, client_context
 
     settings = _settings(args)
     if settings is None:
         return 2
+    if not args.offline:
+        if args.timeout <= 0 or args.warn_days < 0:
+            print("sft-agent check: --timeout must be above 0 and --warn-days not below 0", file=sys.stderr)
+            return 2
+        options = CheckOptions(timeout=args.timeout, warn_days=args.warn_days, method=args.method)
+        return run_check(settings, options=options, out=sys.stdout)
     problems = []
     for index, route in enumerate(settings.routes):
         if route.tls is not None:
@@ -145,8 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, default=None, help=f"YAML config (default: ${CONFIG_ENV})")
     run.set_defaults(func=_run)
 
-    check = commands.add_parser("check", help="validate the config and load the certificates, then exit")
+    check = commands.add_parser(
+        "check",
+        help="reach every receiver of the config over mutual TLS and report (exit 0 all ok, 1 a failure)",
+    )
     check.add_argument("--config", type=Path, default=None, help=f"YAML config (default: ${CONFIG_ENV})")
+    check.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds for each URL: connect, handshake, answer (10)"
+    )
+    check.add_argument(
+        "--warn-days", type=float, default=14.0, help="warn about certificates expiring within this many days"
+    )
+    check.add_argument(
+        "--method", choices=["OPTIONS", "HEAD"], default="OPTIONS", help="the probe request (OPTIONS)"
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="only validate the config and load the certificates and keys (no network)",
+    )
     check.set_defaults(func=_check)
 
     receiver = commands.add_parser(

@@ -7,6 +7,11 @@ the ``by_sft_path`` index — the file's path relative to the SFT root and its S
 Updates are written by one background thread, in order, so a slow or unreachable
 DynamoDB never holds a send up: ledger errors are logged and counted, never raised.
 
+With ``events_topic_arn`` set, the file whose ``sent`` completes a delivered SFT route
+(every object row sent) makes the agent claim the delivery ``received`` and, if it won
+the claim (:mod:`egress.receipts`), publish the ``received`` completion event
+(:mod:`egress.events`): once per delivery, whichever agent or worker looks first.
+
 It also counts, every ``unsent_check_interval``, the rows of the ``unsent`` index written
 longer than ``unsent_after`` ago (files written and neither sent nor parked), for the
 alarm: gauges ``sft_agent_unsent_files`` / ``sft_agent_oldest_unsent_seconds`` and one
@@ -30,6 +35,7 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from egress.events import EventPublisher, received_event
 from egress.kernel.timefmt import iso_from_epoch
 from egress.ledger_table import (
     PARKED,
@@ -41,11 +47,13 @@ from egress.ledger_table import (
     UNSENT_KEY,
     WRITTEN,
 )
+from egress.receipts import Receipts
 from sft_agent.metrics import AgentMetrics
 from sft_agent.settings import LedgerSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sns import SNSClient
 
 # The table's names and states are the worker's (one definition: egress.ledger_table).
 NOT_FINAL = frozenset({WRITTEN, SENDING, RETRY})
@@ -66,14 +74,26 @@ def build_dynamodb_client(settings: LedgerSettings) -> DynamoDBClient:
     (``AWS_REGION``), endpoint and credentials from the standard environment
     (``AWS_ENDPOINT_URL``, the task role, …).
     """
-    config = Config(
+    return boto3.session.Session().client("dynamodb", config=_client_config(settings))
+
+
+def build_sns_client(settings: LedgerSettings) -> SNSClient:
+    """The agent's SNS client for completion events, configured as its DynamoDB client.
+
+    botocore's standard retry mode retries a publish (bounded, jittered); one that still
+    fails is logged and counted, never raised.
+    """
+    return boto3.session.Session().client("sns", config=_client_config(settings))
+
+
+def _client_config(settings: LedgerSettings) -> Config:
+    return Config(
         region_name=settings.region,
         retries={"mode": "standard", "max_attempts": 3},
         connect_timeout=3,
         read_timeout=5,
         max_pool_connections=4,
     )
-    return boto3.session.Session().client("dynamodb", config=config)
 
 
 @dataclass(frozen=True)
@@ -105,7 +125,10 @@ def _error_text(exc: BaseException) -> str:
 
 @dataclass(eq=False)
 class LedgerRecorder:
-    """Writes the agent's progress on object rows from one background thread; checks unsent files."""
+    """Writes the agent's progress on object rows from one background thread; checks unsent files.
+
+    With ``sns`` and ``settings.events_topic_arn`` it also announces deliveries received.
+    """
 
     settings: LedgerSettings
     _: KW_ONLY
@@ -113,6 +136,7 @@ class LedgerRecorder:
     agent_id: str
     metrics: AgentMetrics
     clock: Callable[[], float] = time.time
+    sns: SNSClient | None = None
 
     def __post_init__(self) -> None:
         self.log = structlog.get_logger("sft_agent.ledger").bind(table=self.settings.table)
@@ -124,6 +148,16 @@ class LedgerRecorder:
         self._writer = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._checker = threading.Thread(target=self._check_loop, name="ledger-unsent", daemon=True)
         self.metrics.register_ledger()
+        self._receipts: Receipts | None = None
+        self._events: EventPublisher | None = None
+        if self.sns is not None and self.settings.events_topic_arn:
+            self._receipts = Receipts(self.dynamodb, self.settings.table, clock=self.clock)
+            self._events = EventPublisher(
+                self.sns,
+                self.settings.events_topic_arn,
+                published=self.metrics.events_published,
+                failures=self.metrics.event_publish_failures,
+            )
 
     # -- life ----------------------------------------------------------------------------
 
@@ -232,7 +266,8 @@ class LedgerRecorder:
                 return
             self._not_found.discard(key)
         for row in rows:
-            self._update_row(row, update)
+            if self._update_row(row, update) and update.status == SENT:
+                self._announce_receipt(row["delivery_id"]["S"])
         if update.status in (SENT, PARKED):
             self._rows.pop(key, None)
         else:
@@ -277,7 +312,8 @@ class LedgerRecorder:
             items += page.get("Items", [])
         return items
 
-    def _update_row(self, row: dict[str, Any], update: _Update) -> None:
+    def _update_row(self, row: dict[str, Any], update: _Update) -> bool:
+        """Record ``update`` on one object row; True if this call changed it."""
         # Every attribute through a placeholder: many names (status, agent, …) are reserved words.
         names = {"#status": "status", "#agent": "agent", "#sha256": "sha256"}
         values: dict[str, Any] = {
@@ -316,19 +352,43 @@ class LedgerRecorder:
                     status=update.status,
                     delivery_id=row["delivery_id"]["S"],
                 )
-                return
+                return False
             self.metrics.ledger_errors.labels(operation="update").inc()
             self.log.error(
                 "ledger_error", operation="update", sft_path=update.key.sft_path, error=_error_text(exc)
             )
-            return
+            return False
         except BotoCoreError as exc:
             self.metrics.ledger_errors.labels(operation="update").inc()
             self.log.error(
                 "ledger_error", operation="update", sft_path=update.key.sft_path, error=_error_text(exc)
             )
-            return
+            return False
         self.metrics.ledger_updates.labels(status=update.status).inc()
+        return True
+
+    def _announce_receipt(self, delivery_id: str) -> None:
+        """Publish ``received`` if this file completed its delivery and this agent won the claim."""
+        if self._receipts is None or self._events is None:
+            return
+        try:
+            row = self._receipts.claim(delivery_id)
+        except (BotoCoreError, ClientError) as exc:
+            self.metrics.ledger_errors.labels(operation="receipt").inc()
+            self.log.error(
+                "ledger_error", operation="receipt", delivery_id=delivery_id, error=_error_text(exc)
+            )
+            return
+        if row is None:
+            return
+        self.log.info(
+            "delivery_received",
+            delivery_id=delivery_id,
+            pipeline=row.get("pipeline_name"),
+            recipient=row.get("recipient_name"),
+            objects=row.get("objects"),
+        )
+        self._events.publish(received_event(row))
 
     # -- files written and not sent ----------------------------------------------------------
 

@@ -87,6 +87,18 @@ class AgentMetrics:
             "Age of the oldest file written and not yet sent or parked (0 if none)",
             registry=r,
         )
+        self.events_published = Counter(
+            "sft_agent_events_published_total",
+            "Completion events published (received: every file of an SFT delivery sent), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.event_publish_failures = Counter(
+            "sft_agent_event_publish_failures_total",
+            "Completion events not published (SNS refused or unreachable after retries), by outcome",
+            ["outcome"],
+            registry=r,
+        )
 
     def _route_counter(self, name: str, documentation: str) -> Counter:
         return Counter(name, documentation, ["route"], registry=self.registry)
@@ -98,7 +110,7 @@ class AgentMetrics:
         """Create the ledger series at zero."""
         for status in ("sending", "retry", "sent", "parked"):
             self.ledger_updates.labels(status=status)
-        for operation in ("lookup", "update", "unsent_check"):
+        for operation in ("lookup", "update", "unsent_check", "receipt"):
             self.ledger_errors.labels(operation=operation)
 
     def register_route(self, route: str) -> None:

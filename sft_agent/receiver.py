@@ -7,7 +7,9 @@ must match, otherwise the answer is 400 and nothing is left behind; then the fil
 renamed to ``OUT/<path>/<name>`` — the name from the file-name header for ``POST``, the
 last URL segment for ``PUT`` — or uploaded to ``s3://BUCKET/[PREFIX/]<path>/<name>``.
 Paths that could escape ``OUT`` (``..``, absolute, NUL or control characters, hidden
-names) are refused with 400.
+names) are refused with 400. ``OPTIONS`` (204) and ``HEAD`` (200) on any path answer the
+probe of ``sft-agent check`` and write nothing; the client certificate is required for
+them as for everything else (the TLS handshake asks for it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sft_agent.serving import QuickThreadingHTTPServer
 CHUNK = 1024 * 1024
 _DRAIN_LIMIT = 16 * CHUNK
 _ALGORITHMS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+ALLOWED_METHODS = "POST, PUT, HEAD, OPTIONS"
 
 
 class RequestRefused(Exception):  # noqa: N818 - an answer, not a crash
@@ -160,10 +163,32 @@ class ReceiverHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         self._receive()
 
-    def _not_allowed(self) -> None:
-        self._answer(405, {"error": "method_not_allowed", "detail": "only POST and PUT"}, close=True)
+    def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
+        self._probe(204)
 
-    do_GET = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self._probe(200)
+
+    def _probe(self, status: int) -> None:
+        """``sft-agent check``'s probe: the TLS handshake took our client certificate, so we are
+        up and it is accepted. Nothing is read or written beyond a small body, if one came."""
+        self.receiver.log.info(
+            "probe_answered", method=self.command, path=self.path.split("?", 1)[0], client=self._client()
+        )
+        bodiless = not self.headers.get("Content-Length") and not self.headers.get("Transfer-Encoding")
+        consumed = bodiless or self._drain()
+        self.send_response(status)
+        self.send_header("Allow", ALLOWED_METHODS)
+        self.send_header("Content-Length", "0")
+        if not consumed:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+
+    def _not_allowed(self) -> None:
+        self._answer(405, {"error": "method_not_allowed", "detail": f"only {ALLOWED_METHODS}"}, close=True)
+
+    do_GET = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
 
     def _client(self) -> str:
         with contextlib.suppress(Exception):

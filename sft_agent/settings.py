@@ -45,6 +45,7 @@ from egress.settings_schema import (
     SettingsError,
     SettingsModel,
     TableName,
+    TopicArn,
     absolute_path,
     apply_environment,
     as_tuple,
@@ -87,6 +88,7 @@ ENVIRONMENT: Final[tuple[tuple[str, Loc], ...]] = (
     ("SFT_AGENT_LOG_FORMAT", ("logging", "format")),
     ("SFT_AGENT_LOG_LEVEL", ("logging", "level")),
     (LEDGER_TABLE_ENV, ("ledger", "table")),  # alone, it turns the ledger on with the defaults
+    ("SFT_AGENT_EVENTS_TOPIC_ARN", ("ledger", "events_topic_arn")),  # needs the ledger too
 )
 
 
@@ -260,14 +262,17 @@ class LedgerSettings(SettingsModel):
 
     ``sft_root`` is the volume root the worker writes under: a file's ledger key is its
     path relative to it. Files ``written`` longer than ``unsent_after`` ago and not yet
-    sent are counted every ``unsent_check_interval``. AWS region, endpoint and
-    credentials come from the standard environment (``AWS_REGION``, ``AWS_ENDPOINT_URL``, …).
+    sent are counted every ``unsent_check_interval``. With ``events_topic_arn`` the agent
+    publishes the ``received`` completion event of an SFT delivery whose files were all
+    sent (docs/events.md). AWS region, endpoint and credentials come from the standard
+    environment (``AWS_REGION``, ``AWS_ENDPOINT_URL``, …).
     """
 
     table: TableName = Field(description=f"the ledger table's name (or set {LEDGER_TABLE_ENV})")
     sft_root: AbsolutePath = Path("/data-egress")
     unsent_after: Annotated[float, DURATION, Field(ge=0, le=90 * 86400)] = 3600.0
     unsent_check_interval: Annotated[float, DURATION, Field(ge=1, le=86400)] = 60.0
+    events_topic_arn: TopicArn | None = None
     _region: str | None = PrivateAttr(None)
 
     @property

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
 
+from egress.aws import AwsConfig
 from egress.cli_context import CliContext
 from egress.devstack.bootstrap import (
     DEFAULT_DESTINATION_BUCKET,
@@ -22,15 +24,8 @@ from egress.devstack.bootstrap import (
 from egress.devstack.errors import LocalSetupError
 from egress.devstack.publish import publish
 from egress.devstack.stack import DEFAULT_PORT, DEFAULT_STATE_DIR, LocalStack, UpOptions, find_repo_path
+from egress.devstack.stackfile import find_running_stack
 from egress.kernel.s3uri import parse_s3_uri
-
-
-def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS keeps the global option's value when these are not given here.
-    parser.add_argument(
-        "--endpoint-url", default=argparse.SUPPRESS, help="AWS endpoint (overrides the global one)"
-    )
-    parser.add_argument("--region", default=argparse.SUPPRESS, help="AWS region (overrides the global one)")
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +38,6 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "bootstrap",
         help="create buckets, queue + DLQ, tables, KMS key, notification; apply the routes (idempotent)",
     )
-    _add_endpoint_options(boot)
     boot.add_argument("--source-bucket", default=DEFAULT_SOURCE_BUCKET)
     boot.add_argument("--destination-bucket", default=DEFAULT_DESTINATION_BUCKET)
     boot.add_argument("--queue", default=DEFAULT_QUEUE, help="queue name; the DLQ is <queue>-dlq")
@@ -58,8 +52,11 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     boot.add_argument("--json", action="store_true", help="print the resources as JSON on stdout")
     boot.set_defaults(handler=_bootstrap_command)
 
-    pub = actions.add_parser("publish", help="upload a folder's files, then the flag, like a producer")
-    _add_endpoint_options(pub)
+    pub = actions.add_parser(
+        "publish",
+        help="upload a folder's files, then the flag, like a producer (no endpoint given: to the running "
+        "`egress local up`, found in .local-stack/)",
+    )
     pub.add_argument("directory", type=Path, metavar="DIR")
     pub.add_argument("target", metavar="s3://bucket/prefix/")
     pub.add_argument("--flag-name", default=flag_default)
@@ -132,6 +129,17 @@ def _publish_command(args: argparse.Namespace, ctx: CliContext) -> int:
     except ValueError as exc:
         print(f"egress local publish: {exc}", file=ctx.err)
         return 2
+    if ctx.aws_config.endpoint_url is None:
+        # No endpoint anywhere (option, AWS_ENDPOINT_URL): the running `egress local up`, if any.
+        stack = find_running_stack()
+        if stack is not None:
+            print(
+                f"egress local publish: no endpoint given: publishing to the local stack at "
+                f"{stack.endpoint_url} (from {stack.path})",
+                file=ctx.err,
+            )
+            config = AwsConfig(region=stack.region, endpoint_url=stack.endpoint_url)
+            ctx = dataclasses.replace(ctx, aws_config=config, _clients=None)
     if args.jobs < 1:
         print("egress local publish: --jobs must be at least 1", file=ctx.err)
         return 2

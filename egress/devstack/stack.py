@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from egress.devstack.bootstrap import (
     bootstrap,
     route_rows,
 )
+from egress.devstack.commands import banner_commands
 from egress.devstack.errors import LocalSetupError
 from egress.devstack.processes import (
     STATE_DIR_MARKER,
@@ -48,47 +48,35 @@ from egress.devstack.processes import (
     tls_handshake_ok,
     wait_until_ready,
 )
+from egress.devstack.stackfile import CHECKOUT, DEFAULT_STATE_DIR, remove_stack_file, write_stack_file
 from egress.kernel.fsutil import write_atomically
-from egress.routing import DEFAULT_SFT_ROOT, sft_relative_folder
 from sft_agent.certs import CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY
 
 DEFAULT_SAMPLE_DIR = Path("config/sample-data")
 DEFAULT_PUBLISH_PREFIX = "exports/opsmi/"
 DEFAULT_PORT = 4566
-DEFAULT_STATE_DIR = Path(".local-stack")
-# The repository this module is in (egress/devstack/stack.py): where `make run` finds config/.
-_CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def egress_command() -> str:
-    """How a second shell runs this ``egress``: its name if PATH finds this one, else its path.
-
-    ``make run`` starts from ``.venv/bin`` without activating it, so a newcomer's next shell
-    would not find a bare ``egress``.
-    """
-    script = Path(sys.executable).with_name("egress")
-    found = shutil.which("egress")
-    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
-        return "egress"
-    with contextlib.suppress(ValueError):
-        return str(script.relative_to(Path.cwd()))
-    return str(script)
+AGENT_ROUTE = "sft-root"
 
 
 def agent_config(
     *,
     sft_root: Path,
-    folders: Sequence[str],
+    error_folder: Path,
     receiver_url: str,
     certs: Path,
     metrics_port: int,
     metrics_host: str = "127.0.0.1",
     ledger_table: str | None = None,
 ) -> dict[str, Any]:
-    """The SFT agent's YAML for the local stack: each folder pushed to the receiver.
+    """The SFT agent's YAML for the local stack: one recursive route over the whole SFT root.
 
-    With ``ledger_table`` the agent records each file's fate there (sent, parked), so
-    ``egress history --files`` shows it.
+    Each file is POSTed to the receiver's root with its path below the SFT root as its name
+    (``warehouse/orders/part-0.csv``), which the receiver keeps, so every folder an SFT row
+    writes to — one added by ``egress routes put`` while the stack runs included — is sent
+    without a restart. ``error_folder`` must be outside ``sft_root`` (a recursive route would
+    send parked files again); the agent's work folder is the hidden ``.sft-agent`` in the
+    root, which the scan skips. With ``ledger_table`` the agent records each file's fate
+    there (sent, parked), so ``egress history --files`` shows it.
     """
     ledger = (
         {"ledger": {"table": ledger_table, "sft_root": str(sft_root), "unsent_check_interval": "10s"}}
@@ -114,38 +102,16 @@ def agent_config(
         "shutdown_grace": "10s",
         "routes": [
             {
-                "name": folder,
-                "source": f"{sft_root / folder}/",
-                # The worker keeps the producer's sub-folders (orders/part-0.csv): send them too.
+                "name": AGENT_ROUTE,
+                "source": f"{sft_root}/",
                 "recursive": True,
                 "filename_regex": ".*",
-                "actions": [{"http": {"url": f"{receiver_url}/{folder}", "method": "POST"}}],
+                "actions": [{"http": {"url": f"{receiver_url}/", "method": "POST"}}],
                 "delete_on_send": True,
-                "error_folder": str(sft_root / "error" / folder),
+                "error_folder": str(error_folder),
             }
-            for folder in folders
         ],
     }
-
-
-def sft_folders(rows: Sequence[Mapping[str, Any]], *, sft_root: Path = DEFAULT_SFT_ROOT) -> list[str]:
-    """Top-level SFT folders the routes write to (``warehouse`` if none).
-
-    An absolute folder is read as the worker reads it (:func:`egress.routing.sft_relative_folder`):
-    below ``sft_root`` it names the folder under it; elsewhere the worker refuses it, so no
-    agent route is made for it.
-    """
-    folders = []
-    for row in rows:
-        if str(row.get("transfer_type", "")).upper() != "SFT":
-            continue
-        prefix = str(row.get("destination_prefix", ""))
-        if prefix.startswith("/"):
-            prefix = sft_relative_folder(prefix, sft_root=sft_root) or ""
-        first = prefix.strip("/").split("/", 1)[0]
-        if first and "$" not in first and first not in folders and first not in {".", ".."}:
-            folders.append(first)
-    return folders or ["warehouse"]
 
 
 def publish_prefix(rows: Sequence[Mapping[str, Any]], *, source_bucket: str) -> str:
@@ -161,7 +127,7 @@ def find_repo_path(relative: Path) -> Path | None:
     """``relative`` from the current folder, else from the source checkout this module is in."""
     if relative.exists():
         return relative
-    candidate = _CHECKOUT / relative
+    candidate = CHECKOUT / relative
     return candidate if candidate.exists() else None
 
 
@@ -204,6 +170,7 @@ class LocalStack:
         self._request_log: logging.Handler | None = None
         self._signals = 0
         self._stop = threading.Event()
+        self._stack_file = False
 
     def say(self, line: str) -> None:
         """A progress line on stderr (stdout holds only the banner)."""
@@ -256,6 +223,7 @@ class LocalStack:
             )
         state.mkdir(parents=True, exist_ok=True)
         stop_leftovers(state, report=self.say)
+        remove_stack_file(state)  # one a killed `up` left behind
         # Before anything starts, so a port asked for and taken fails fast.
         receiver_port, worker_port, agent_port = self._child_ports()
         if options.ready_file is not None:
@@ -263,9 +231,11 @@ class LocalStack:
                 options.ready_file.unlink()
         logs = state / "logs"
         sft_root = state / "data-egress"
+        # Outside the SFT root: the agent's one route scans all of it (see agent_config).
+        sft_errors = state / "sft-errors"
         received = state / "received"
         certs = state / "certs"
-        for path in (logs, sft_root, received):
+        for path in (logs, sft_root, sft_errors, received):
             path.mkdir(parents=True, exist_ok=True)
 
         endpoint = self._start_moto(logs / "moto.log")
@@ -284,9 +254,6 @@ class LocalStack:
             report=self.say,
         )
         self._check_stop()
-        folders = sft_folders(rows, sft_root=sft_root)
-        for folder in folders:
-            (sft_root / folder).mkdir(parents=True, exist_ok=True)
 
         self.say("generating throwaway certificates")
         self._dev_certs(certs, logs / "dev-certs.log")
@@ -351,7 +318,7 @@ class LocalStack:
         if options.agent:
             config = agent_config(
                 sft_root=sft_root,
-                folders=folders,
+                error_folder=sft_errors,
                 receiver_url=receiver_url,
                 certs=certs,
                 metrics_port=agent_port,
@@ -389,6 +356,7 @@ class LocalStack:
             "region": options.region,
             "state_dir": str(state),
             "sft_root": str(sft_root),
+            "sft_error_dir": str(sft_errors),
             "received_dir": str(received),
             "receiver_url": receiver_url,
             "worker_url": f"http://{near}:{worker_port}" if options.worker else None,
@@ -487,10 +455,6 @@ class LocalStack:
 
     def _banner(self, resources: LocalResources, info: dict[str, Any]) -> None:
         endpoint = info["endpoint_url"]
-        sample: str = info["sample_dir"] or "<DIR>"
-        with contextlib.suppress(ValueError):
-            sample = str(Path(sample).resolve().relative_to(Path.cwd()))
-        prefix = info["publish_prefix"]
         logs = info["logs"]
         rows = [
             ("AWS endpoint", f"{endpoint}  (moto server, region {resources.region}, any credentials)"),
@@ -512,25 +476,17 @@ class LocalStack:
         ]
         rows += [(f"log {name}", path) for name, path in logs.items()]
         rule = "─" * 78
-        egress = egress_command()
+        commands = banner_commands(resources, info)
         lines = [rule, " data-egress local stack is up", rule]
         lines += [f"  {label:<15} {value}" for label, value in rows]
-        lines += [
-            rule,
-            " Publish the sample data (files first, the flag last), in another terminal:",
-            f"   {egress} local publish --endpoint-url {endpoint} {sample} s3://{resources.source_bucket}/{prefix}",
-            " Results appear in:",
-            f"   s3://{resources.destination_bucket}/  (S3 routes)",
-            f"   {info['received_dir']}/  (SFT routes, via the agent and the receiver)",
-            f"   {egress} --endpoint-url {endpoint} history  (the ledger)",
-            " Ctrl-C stops everything.",
-            rule,
-        ]
+        lines += [rule, *commands, " Ctrl-C stops everything.", rule]
         print("\n".join(lines), file=self.out, flush=True)
+        facts = {**resources.as_dict(), **info}
+        write_stack_file(self.state_dir, facts)
+        self._stack_file = True
         if self.options.ready_file is not None:
-            ready = {**resources.as_dict(), **info}
             self.options.ready_file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.options.ready_file, json.dumps(ready, indent=2))
+            write_atomically(self.options.ready_file, json.dumps(facts, indent=2))
 
     def _watch(self) -> int:
         while not self._stop.wait(0.5):
@@ -548,6 +504,8 @@ class LocalStack:
         return 0
 
     def _down(self) -> None:
+        if self._stack_file:  # never another `up`'s, found while refusing to start
+            remove_stack_file(self.state_dir)
         stop_children(self.children, grace=self.options.stop_grace, report=self.say)
         if self.children:
             forget_pids(self.state_dir)

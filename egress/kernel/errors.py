@@ -29,6 +29,9 @@ class Reason(enum.StrEnum):
     NO_ROUTE = "no_route"
     # A matching route row is incomplete or contradictory (or its destination unusable).
     INVALID_ROUTE = "invalid_route"
+    # A row with ``approval_required`` has no valid approval by someone other than its last
+    # editor (or the row changed since): redrive once ``egress routes approve`` was run.
+    ROUTE_NOT_APPROVED = "route_not_approved"
     # AWS refused the worker's credentials or rights (403 and friends).
     ACCESS_DENIED = "access_denied"
     # An object's encryption metadata names a scheme the worker cannot decrypt.

@@ -575,7 +575,7 @@ def start_agent(stack: Stack, folder: Path, tls: TlsFiles, receiver: Receiver) -
     def probe() -> tuple[bool, str]:
         write(True)
         answer = subprocess.run(
-            [sys.executable, "-m", "sft_agent.cli", "check", "--config", str(config_path)],
+            [sys.executable, "-m", "sft_agent.cli", "check", "--offline", "--config", str(config_path)],
             capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False,
         )  # fmt: skip
         if answer.returncode == 0:

@@ -45,6 +45,8 @@ class Stack:
         for name, value in columns.items():
             if isinstance(value, bool):
                 item[name] = {"BOOL": value}
+            elif isinstance(value, (list, tuple)):
+                item[name] = {"L": [{"S": str(entry)} for entry in value]}
             elif value is not None:
                 item[name] = {"S": str(value)}
         item.setdefault("source_bucket", {"S": self.source_bucket})

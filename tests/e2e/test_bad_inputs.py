@@ -98,7 +98,15 @@ def test_corpus_of_bad_messages_and_routes(stack: Stack, start_worker: Callable[
         route={**s3_route, "source_bucket": "someone-elses-bucket"},
         objects={"a.txt": b"a"},
     )
-    case("disabled", "no_route", route={**s3_route, "enabled": False}, objects={"a.txt": b"a"})
+    case(
+        "bad-pattern", "invalid_route", route={**s3_route, "exclude": ["!keep.txt"]}, objects={"a.txt": b"a"}
+    )
+    case(
+        "unapproved",
+        "route_not_approved",
+        route={**s3_route, "approval_required": True},
+        objects={"a.txt": b"a"},
+    )
     case("no-destination-bucket", "invalid_route", route={"transfer_type": "S3"}, objects={"a.txt": b"a"})
     case(
         "bad-transfer-type",

@@ -1,9 +1,12 @@
 """``make run`` as a newcomer meets it: ``egress local up`` as a process, a publish, Ctrl-C.
 
 The stack runs on its own free ports and state folder, so it never meets a ``make run``
-of the same machine. The sample data goes in through ``egress local publish`` (a second
-process, like the second shell of the README) and must come out byte for byte in the
+of the same machine. The sample data goes in through the banner's own ``egress local
+publish`` command, run exactly as printed in a second shell that has no ``AWS_*`` or
+``EGRESS_*`` variables and no venv on its PATH, and must come out byte for byte in the
 destination bucket and at the receiver, by the routes of ``config/routes.local.yaml``.
+Then an SFT row added with ``egress routes put`` to a folder nobody wrote to before is
+delivered by the running agent, and the banner's ``sft-agent check`` passes.
 """
 
 from __future__ import annotations
@@ -46,9 +49,25 @@ def egress_command() -> list[str]:
 
 
 def newcomer_env() -> dict[str, str]:
-    """A shell with no AWS, egress or agent settings, as on a fresh machine."""
+    """A fresh shell: no AWS, egress or agent settings, no activated venv (``make run`` has none)."""
     dropped = ("AWS_", "EGRESS_", "SFT_")
-    return {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+    env.pop("VIRTUAL_ENV", None)
+    venv_bins = {Path(sys.executable).parent.absolute(), Path(sys.prefix, "bin").absolute()}
+    path = [
+        entry
+        for entry in env.get("PATH", "").split(os.pathsep)
+        if entry and Path(entry).absolute() not in venv_bins
+    ]
+    env["PATH"] = os.pathsep.join(path) or os.defpath
+    return env
+
+
+def run_as_printed(line: str, *, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """A banner's command line run as a person pastes it into a fresh shell."""
+    return subprocess.run(
+        shlex.split(line), cwd=cwd, env=newcomer_env(), capture_output=True, timeout=timeout, check=False
+    )
 
 
 def banner_command(up: LocalUp, what: str) -> str:
@@ -131,7 +150,8 @@ def still_running(processes: list[psutil.Process]) -> list[str]:
 @pytest.fixture()
 def local_up(tmp_path: Path) -> Iterator[LocalUp]:
     """``egress local up`` on free ports with its state under ``tmp_path``, in its own process group."""
-    state_dir = tmp_path / "state"
+    # Named like the default, so a publish with no endpoint run in tmp_path finds the stack.
+    state_dir = tmp_path / ".local-stack"
     ready_file = tmp_path / "ready.json"
     stdout_path = tmp_path / "up.out"
     stderr_path = tmp_path / "up.err"
@@ -235,12 +255,16 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
 
     target = f"s3://{ready['source_bucket']}/{prefix}"
 
+    # While it runs, the local commands can find it.
+    stack_file = json.loads((local_up.state_dir / "stack.json").read_text(encoding="utf-8"))
+    assert stack_file["endpoint_url"] == ready["endpoint_url"] and stack_file["pid"] == local_up.process.pid
+
     # In a second shell, a newcomer runs what the banner says, as it says it.
+    banner = local_up.stdout_path.read_text(encoding="utf-8")
+    assert f" In another terminal, in {REPO} " in banner, banner  # the relative paths' folder, named
     publish_line = banner_command(local_up, "local publish")
     assert target in publish_line, publish_line
-    publish = subprocess.run(
-        shlex.split(publish_line), cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False
-    )
+    publish = run_as_printed(publish_line)
     assert publish.returncode == 0, publish.stderr.decode(errors="replace")
     assert f"published {len(expected)} files" in publish.stdout.decode(), publish.stdout.decode()
 
@@ -338,6 +362,58 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
     assert all(
         file["sent_sha256"] == file["sha256"] and file["http_status"] == 201 for file in sft_row["files"]
     )
+    # The banner's check of the agent's receiver, as printed: one URL, reached, probed.
+    checked = run_as_printed(banner_command(local_up, "check --config"))
+    report = checked.stdout.decode()
+    assert checked.returncode == 0, report + checked.stderr.decode(errors="replace")
+    assert report.splitlines()[-1] == "1 URL checked: 1 ok, 0 warnings, 0 failed", report
+    assert report.startswith(f"ok    sft-root  {ready['receiver_url']}/  TLSv1."), report
+
+    # A new SFT row to a folder nobody wrote to yet, added while everything runs (no restart),
+    # then a publish with no endpoint at all: it finds the stack through .local-stack/stack.json.
+    late_prefix, late_folder = "exports/late/", "latecomer/inbox"
+    put = subprocess.run(
+        [
+            *egress_command(), "routes", "put", "--endpoint-url", ready["endpoint_url"],
+            "--source-prefix", late_prefix, "--pipeline-name", "Late#sft", "--recipient-name", "latecomer",
+            "--transfer-type", "SFT", "--source-bucket", ready["source_bucket"],
+            "--destination-prefix", late_folder,
+        ],
+        cwd=REPO, env=newcomer_env(), capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert put.returncode == 0, put.stdout.decode() + put.stderr.decode(errors="replace")
+    late_data = local_up.state_dir.parent / "late-data"
+    (late_data / "part").mkdir(parents=True)
+    late_files = {"late.csv": b"id\n1\n", "part/late-0.csv": b"id\n2\n"}
+    for name, data in late_files.items():
+        (late_data / name).write_bytes(data)
+    late_publish = subprocess.run(
+        [
+            *egress_command(),
+            "local",
+            "publish",
+            str(late_data),
+            f"s3://{ready['source_bucket']}/{late_prefix}",
+        ],
+        cwd=local_up.state_dir.parent,
+        env=newcomer_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert late_publish.returncode == 0, late_publish.stderr.decode(errors="replace")
+    assert f"the local stack at {ready['endpoint_url']}" in late_publish.stderr.decode()
+    late_received = Path(ready["received_dir"]) / late_folder
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while differences(late_files, received_files(late_received)):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the new SFT row's files never reached {late_received}: "
+                f"{differences(late_files, received_files(late_received))}\n"
+                f"still in the SFT root: {sorted(received_files(Path(ready['sft_root'])))}\n{local_up.logs()}"
+            )
+        time.sleep(0.5)
+
     # Neither up's readiness probe nor the agent may fail a handshake in a healthy stack.
     assert "tls_handshake_failed" not in local_up.log("receiver").read_text(), local_up.logs()
 
@@ -353,5 +429,6 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
     assert code == 0, local_up.logs()
     assert still_running(local_up.children) == [], local_up.logs()
     assert not (local_up.state_dir / "pids.json").exists()
+    assert not (local_up.state_dir / "stack.json").exists()
     assert not local_up.ready_file.exists()
     print(f"up in {up_seconds:.1f}s, delivered in {delivered:.1f}s, stopped in {stop_seconds:.1f}s")

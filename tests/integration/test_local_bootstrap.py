@@ -37,7 +37,6 @@ from egress.devstack.stack import (
     UpOptions,
     agent_config,
     publish_prefix,
-    sft_folders,
 )
 from egress.kernel.s3uri import S3Uri, parse_s3_uri
 from sft_agent.certs import CLIENT_CERT
@@ -562,29 +561,21 @@ def test_child_env_drops_the_callers_aws_settings() -> None:
     assert env["EGRESS_QUEUE_URL"] == "q"
 
 
-def test_agent_config_pushes_each_sft_folder_to_the_receiver(tmp_path: Path) -> None:
-    rows = [
-        {"transfer_type": "S3", "destination_prefix": "opsmi/"},
-        {"transfer_type": "SFT", "destination_prefix": "warehouse/opsmi/$TODAYS_DATE/"},
-        {"transfer_type": "sft", "destination_prefix": "finance"},
-        {"transfer_type": "SFT", "destination_prefix": "warehouse/other/"},
-    ]
-    folders = sft_folders(rows)
-    assert folders == ["warehouse", "finance"]
-    assert sft_folders([]) == ["warehouse"]
-
+def test_agent_config_sends_the_whole_sft_root_keeping_each_files_folder(tmp_path: Path) -> None:
     config = agent_config(
         sft_root=tmp_path / "root",
-        folders=folders,
+        error_folder=tmp_path / "sft-errors",
         receiver_url="https://localhost:8091",
         certs=tmp_path / "certs",
         metrics_port=9191,
     )
 
-    [warehouse, _finance] = config["routes"]
-    assert warehouse["source"] == f"{tmp_path / 'root' / 'warehouse'}/"
-    assert warehouse["actions"] == [{"http": {"url": "https://localhost:8091/warehouse", "method": "POST"}}]
-    assert warehouse["error_folder"] == str(tmp_path / "root" / "error" / "warehouse")
+    # One recursive route: a folder an SFT row added later writes to is sent too, no restart.
+    [route] = config["routes"]
+    assert route["source"] == f"{tmp_path / 'root'}/" and route["recursive"] is True
+    # POSTed to the receiver's root, named by the path below the SFT root (warehouse/x.csv).
+    assert route["actions"] == [{"http": {"url": "https://localhost:8091/", "method": "POST"}}]
+    assert route["error_folder"] == str(tmp_path / "sft-errors")
     assert config["tls"]["client_cert"] == str(tmp_path / "certs" / CLIENT_CERT)
 
 
@@ -594,17 +585,33 @@ def test_agent_config_is_valid_for_the_agent(tmp_path: Path) -> None:
     )
     config = agent_config(
         sft_root=tmp_path / "root",
-        folders=["warehouse", "finance"],
+        error_folder=tmp_path / "sft-errors",
         receiver_url="https://localhost:8091",
         certs=tmp_path / "certs",
         metrics_port=9191,
+        ledger_table="ledger",
     )
 
     settings = agent_settings.build_settings(config, environ={})
 
     assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9191)
-    assert [route.name for route in settings.routes] == ["warehouse", "finance"]
-    assert settings.routes[0].error_folder == tmp_path / "root" / "error" / "warehouse"
+    [route] = settings.routes
+    assert route.source == tmp_path / "root" and route.error_folder == tmp_path / "sft-errors"
+    assert route.work_folder == tmp_path / "root" / ".sft-agent"  # hidden: the scan skips it
+    assert settings.ledger is not None and settings.ledger.sft_root == tmp_path / "root"
+
+
+def test_an_error_folder_inside_the_sft_root_is_refused_by_the_agent(tmp_path: Path) -> None:
+    agent_settings = pytest.importorskip("sft_agent.settings")
+    config = agent_config(
+        sft_root=tmp_path / "root",
+        error_folder=tmp_path / "root" / "error",
+        receiver_url="https://localhost:8091",
+        certs=tmp_path / "certs",
+        metrics_port=9191,
+    )
+    with pytest.raises(agent_settings.SettingsError, match="error_folder"):
+        agent_settings.build_settings(config, environ={})
 
 
 def test_publish_prefix_prefers_a_plain_route_prefix() -> None:
@@ -630,12 +637,3 @@ def test_the_example_worker_config_is_valid() -> None:
     settings = load_settings(environ={}, config_file=path)
     assert settings.aws.endpoint_url == f"http://127.0.0.1:{DEFAULT_PORT}"
     assert settings.queue_url.endswith("/" + DEFAULT_QUEUE)
-
-
-def test_absolute_sft_folders_are_read_as_the_worker_reads_them(tmp_path: Path) -> None:
-    root = tmp_path / "data-egress"
-    rows = [
-        {"transfer_type": "SFT", "destination_prefix": f"{root}/RIS"},
-        {"transfer_type": "SFT", "destination_prefix": "/somewhere/else/"},
-    ]
-    assert sft_folders(rows, sft_root=root) == ["RIS"]

@@ -81,11 +81,20 @@ def test_replay_queues_a_new_upload_of_the_flag(
     bucket = f"b-{unique}"
     aws.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     aws.s3.put_object(Bucket=bucket, Key="a b/pipeline_success.flag", Body=b"")
+    ledger = f"ledger-{unique}"
+    create_ledger_table(aws.dynamodb, ledger)  # no delivery recorded: the flag's LastModified dates it
     for _ in range(2):
         code, out, _ = run(
-            capsys, moto_endpoint, "replay", f"s3://{bucket}/a b/pipeline_success.flag", "--queue-url", queue
+            capsys,
+            moto_endpoint,
+            "--ledger-table",
+            ledger,
+            "replay",
+            f"s3://{bucket}/a b/pipeline_success.flag",
+            "--queue-url",
+            queue,
         )
-        assert code == 0 and "queued" in out
+        assert code == 0 and "queued" in out and "LastModified" in out
     messages = aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     events = [parse_body(m["Body"], flag_name="pipeline_success.flag")[0] for m in messages]  # type: ignore[index]
     assert {event.key for event in events} == {"a b/pipeline_success.flag"}

@@ -17,10 +17,18 @@ BUCKET = "src-bucket"
 
 
 def row(prefix: str, pipeline: str, **extra: Any) -> Route:
-    return Route.from_plain({
-        "source_prefix": prefix, "pipeline_name": pipeline, "recipient_name": "team", "transfer_type": "S3",
-        "source_bucket": BUCKET, "destination_bucket": "dst-bucket", "destination_prefix": "out/", **extra,
-    })
+    return Route.from_plain(
+        {
+            "source_prefix": prefix,
+            "pipeline_name": pipeline,
+            "recipient_name": "team",
+            "transfer_type": "S3",
+            "source_bucket": BUCKET,
+            "destination_bucket": "dst-bucket",
+            "destination_prefix": "out/",
+            **extra,
+        }
+    )
 
 
 ROUTED = [
@@ -75,7 +83,9 @@ def lookups(aws: AwsClients, table: str, flags: list[str]) -> tuple[dict[str, se
 
 
 @pytest.mark.parametrize("filler", [42, 4992])
-def test_routes_found_with_few_requests_whatever_the_table_size(aws: AwsClients, unique: str, filler: int) -> None:
+def test_routes_found_with_few_requests_whatever_the_table_size(
+    aws: AwsClients, unique: str, filler: int
+) -> None:
     table = f"routes-{unique}"
     fill(aws, table, filler)
     assert aws.dynamodb.describe_table(TableName=table)["Table"]["ItemCount"] in (0, filler + len(ROUTED))
@@ -84,11 +94,15 @@ def test_routes_found_with_few_requests_whatever_the_table_size(aws: AwsClients,
     found, requests = lookups(aws, table, flags)
     assert found == {prefix: FLAGS[prefix] for prefix in set(flags)}
     per_flag = requests / len(flags)
-    print(f"\n{filler + len(ROUTED)} rows: {requests} DynamoDB requests for {len(flags)} flags = {per_flag:.2f} per flag")
+    print(
+        f"\n{filler + len(ROUTED)} rows: {requests} DynamoDB requests for {len(flags)} flags = {per_flag:.2f} per flag"
+    )
     assert per_flag <= 3
     # with no cache help at all (every flag distinct, fresh cache): bounded by key length, not table size
     _, cold = lookups(aws, table, list(FLAGS))
-    print(f"{filler + len(ROUTED)} rows, cold cache: {cold} requests for {len(FLAGS)} distinct flags = {cold / len(FLAGS):.2f} per flag")
+    print(
+        f"{filler + len(ROUTED)} rows, cold cache: {cold} requests for {len(FLAGS)} distinct flags = {cold / len(FLAGS):.2f} per flag"
+    )
     assert cold / len(FLAGS) <= 3
     _, one = lookups(aws, table, ["exports/opsmi/"])
     assert one == 1
@@ -110,7 +124,9 @@ def test_an_edited_row_applies_after_the_cache_period(aws: AwsClients, unique: s
     routes = RouteTable(aws.dynamodb, table, cache_seconds=30, clock=lambda: now[0])
     event = FlagEvent(bucket=BUCKET, key="exports/opsmi/pipeline_success.flag", event_time=WHEN)
     assert {m.route.destination_prefix for m in routes.find(event)} == {"out/", "w"}
-    aws.dynamodb.put_item(TableName=table, Item=row("exports/opsmi/", "OpsMI", destination_prefix="new/").to_item())
+    aws.dynamodb.put_item(
+        TableName=table, Item=row("exports/opsmi/", "OpsMI", destination_prefix="new/").to_item()
+    )
     now[0] += 10
     assert "new/" not in {m.route.destination_prefix for m in routes.find(event)}
     now[0] += 25

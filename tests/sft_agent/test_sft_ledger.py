@@ -24,9 +24,17 @@ _serialize = TypeSerializer().serialize
 _deserialize = TypeDeserializer().deserialize
 
 
-def write_object_row(aws: AwsClients, table: str, *, sft_path: str, body: bytes, age: float = 0.0) -> str:
-    """An SFT object row as the worker writes it; returns its delivery_id."""
-    delivery_id = uuid.uuid4().hex
+def write_object_row(
+    aws: AwsClients,
+    table: str,
+    *,
+    sft_path: str,
+    body: bytes,
+    age: float = 0.0,
+    delivery_id: str | None = None,
+) -> str:
+    """An SFT object row as the worker writes it (of a new delivery unless given); returns its delivery_id."""
+    delivery_id = delivery_id or uuid.uuid4().hex
     written = time.time() - age
     row: dict[str, Any] = {
         "delivery_id": delivery_id,

@@ -18,7 +18,9 @@ from egress.transforms.compress import FORMATS, compress
 def test_round_trip_any_chunking(pieces: list[bytes], fmt: str) -> None:
     out = b"".join(compress(iter(pieces), fmt=fmt))
     data = b"".join(pieces)
-    restored = gzip.decompress(out) if fmt == "gz" else zstandard.ZstdDecompressor().decompressobj().decompress(out)
+    restored = (
+        gzip.decompress(out) if fmt == "gz" else zstandard.ZstdDecompressor().decompressobj().decompress(out)
+    )
     assert restored == data
 
 

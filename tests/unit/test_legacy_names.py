@@ -16,7 +16,8 @@ from egress.plan import (
     manifest_name,
     timestamped_name,
 )
-from egress.routing import Route, RouteMatch, match_route, ssm_parameter_problem
+from egress.route_columns import ssm_parameter_problem
+from egress.routing import Route, RouteMatch, match_route
 from tests.support import legacy_rows
 
 WHEN = datetime(2024, 1, 31, 23, 59, 58, tzinfo=UTC)

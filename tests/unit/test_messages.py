@@ -193,7 +193,9 @@ def test_deep_nesting_inside_an_sns_envelope_is_malformed() -> None:
         envelope = json.dumps({"Type": "Notification", "MessageId": "m", "Message": inner})
         with pytest.raises(MalformedMessage, match="SNS envelope Message nests JSON deeper than 32 levels"):
             parse_body(envelope, flag_name=FLAG)
-    twice = json.dumps({"Type": "Notification", "Message": json.dumps({"Type": "Notification", "Message": "{}"})})
+    twice = json.dumps(
+        {"Type": "Notification", "Message": json.dumps({"Type": "Notification", "Message": "{}"})}
+    )
     with pytest.raises(MalformedMessage, match="itself an SNS envelope"):
         parse_body(twice, flag_name=FLAG)
 
@@ -203,14 +205,26 @@ def test_deep_nesting_inside_an_sns_envelope_is_malformed() -> None:
     [
         (b'{"Records": "\xff"}', "not valid UTF-8"),
         ('{"Records": []}\ud800', "lone surrogate"),
-        ('{"Records": [{"eventTime": "2026-01-01T00:00:00Z", "s3": {"bucket": {"name": "b\\ud800"}, '
-         '"object": {"key": "p/pipeline_success.flag"}}}]}', "bucket.name is not valid Unicode"),
-        ('{"Records": [{"eventTime": "2026-01-01T00:00:00Z", "s3": {"bucket": {"name": "b"}, '
-         '"object": {"key": "p%FF/pipeline_success.flag"}}}]}', "not UTF-8"),
-        ('{"Records": [{"eventTime": "0001-01-01T00:00:00+01:00", "s3": {"bucket": {"name": "b"}, '
-         '"object": {"key": "p/pipeline_success.flag"}}}]}', "not ISO 8601"),
-        ('{"Records": [{"eventTime": 7, "s3": {"bucket": {"name": "b"}, '
-         '"object": {"key": "p/pipeline_success.flag"}}}]}', "event time missing"),
+        (
+            '{"Records": [{"eventTime": "2026-01-01T00:00:00Z", "s3": {"bucket": {"name": "b\\ud800"}, '
+            '"object": {"key": "p/pipeline_success.flag"}}}]}',
+            "bucket.name is not valid Unicode",
+        ),
+        (
+            '{"Records": [{"eventTime": "2026-01-01T00:00:00Z", "s3": {"bucket": {"name": "b"}, '
+            '"object": {"key": "p%FF/pipeline_success.flag"}}}]}',
+            "not UTF-8",
+        ),
+        (
+            '{"Records": [{"eventTime": "0001-01-01T00:00:00+01:00", "s3": {"bucket": {"name": "b"}, '
+            '"object": {"key": "p/pipeline_success.flag"}}}]}',
+            "not ISO 8601",
+        ),
+        (
+            '{"Records": [{"eventTime": 7, "s3": {"bucket": {"name": "b"}, '
+            '"object": {"key": "p/pipeline_success.flag"}}}]}',
+            "event time missing",
+        ),
         ('{"Records": [{"s3": {"bucket": {"name": ["b"]}, "object": {"key": "k"}}}]}', "bucket.name"),
         ('{"Records": [{"s3": {"bucket": "b", "object": "k"}}]}', "bucket/object missing"),
         ('{"Records": {"0": {}}}', "Records is empty or not a list"),
@@ -233,7 +247,9 @@ def test_wrong_types_in_optional_fields_are_ignored_not_trusted() -> None:
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=40,
 )
 _shapes = st.fixed_dictionaries(
@@ -245,9 +261,7 @@ _shapes = st.fixed_dictionaries(
                 optional={
                     "eventName": _json_values,
                     "eventTime": _json_values | st.just("2026-01-01T00:00:00Z"),
-                    "s3": st.fixed_dictionaries(
-                        {}, optional={"bucket": _json_values, "object": _json_values}
-                    )
+                    "s3": st.fixed_dictionaries({}, optional={"bucket": _json_values, "object": _json_values})
                     | _json_values,
                 },
             )
@@ -271,3 +285,30 @@ def test_no_body_raises_anything_but_malformed_message(body: str | bytes) -> Non
     except MalformedMessage:
         return
     assert isinstance(result, Ignored | list)
+
+
+def test_a_replay_for_one_pipeline_carries_it_on_every_flag_event() -> None:
+    body = json.loads(s3_body(f"exports/opsmi/{FLAG}"))
+    body["egress"] = {"pipeline_name": "OpsMI#sft"}
+    (event,) = parse_body(json.dumps(body), flag_name=FLAG)  # type: ignore[misc]
+    assert event.only_pipeline == "OpsMI#sft" and event.key == f"exports/opsmi/{FLAG}"
+    (plain,) = parse_body(s3_body(f"exports/opsmi/{FLAG}"), flag_name=FLAG)  # type: ignore[misc]
+    assert plain.only_pipeline is None
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ("OpsMI", "egress is not an object"),
+        ({}, "egress.pipeline_name missing"),
+        ({"pipeline_name": 3}, "egress.pipeline_name missing"),
+        ({"pipeline_name": "OpsMI", "pipelines": ["x"]}, "unknown keys: pipelines"),
+    ],
+)
+def test_a_mistaken_egress_key_is_malformed_never_delivered_to_every_route(
+    options: object, fragment: str
+) -> None:
+    body = json.loads(s3_body(f"exports/opsmi/{FLAG}"))
+    body["egress"] = options
+    with pytest.raises(MalformedMessage, match=fragment):
+        parse_body(json.dumps(body), flag_name=FLAG)

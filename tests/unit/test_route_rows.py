@@ -54,7 +54,10 @@ def test_a_good_row_has_no_problems() -> None:
         ({"destination_kms_key_id": "my key"}, "destination_kms_key_id"),
         ({"manifest_file_name": "../m.json"}, "manifest_file_name"),
         ({"decrypt": "yes"}, "decrypt must be a boolean"),
-        ({"include": ["*.csv"]}, "include is not supported"),
+        ({"include": ["!*.csv"]}, "negations and comments are not taken"),
+        ({"exclude": [" x"]}, "surrounding spaces"),
+        ({"exclude": ["a\\"]}, "not a valid glob"),
+        ({"include": [3]}, "include must be a list of glob patterns"),
         ({"rewrap_datakey": "maybe"}, "rewrap_datakey must be a boolean"),
         ({"transfer_type": "SFT", "destination_bucket": None, "destination_prefix": "../etc"}, "'..'"),
         (
