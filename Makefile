@@ -16,9 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/egress local up
 
-## test: lint, type-check and run every test tier
+## test: lint, type-check and run every test tier (in parallel: TEST_WORKERS=0 runs them in one process)
+TEST_WORKERS ?= auto
 test: $(STAMP) lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check egress sft_agent tests bench
