@@ -18,7 +18,10 @@ are passed in; with no topic configured :class:`NullPublisher` stands in.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -165,6 +168,10 @@ class Publisher(Protocol):
         """Publish ``event``; True once SNS accepted it."""
         ...
 
+    def close(self, *, timeout: float) -> None:
+        """A last try for what is held for retrying; what is still unpublished is logged."""
+        ...
+
 
 class NullPublisher:
     """The publisher when no topic is configured: publishes nothing."""
@@ -172,25 +179,131 @@ class NullPublisher:
     def publish(self, event: RouteEvent) -> bool:
         return False
 
+    def close(self, *, timeout: float) -> None:
+        return None
+
 
 class EventPublisher:
     """Publishes :class:`RouteEvent` messages to one SNS topic; logs and counts what fails.
 
-    ``published`` and ``failures`` are Prometheus counters labelled ``outcome`` (the
-    worker's are in :mod:`egress.metrics`, the agent's in :mod:`sft_agent.metrics`).
+    An event SNS refuses even after botocore's retries is held and tried again in the
+    background, with a backoff growing to a minute, for up to ``retry_for`` seconds (an SNS
+    outage, an expired session): the delivery that produced it has long gone on. Held
+    events are bounded (``max_held``, oldest dropped first), and what is given up — too
+    old, too many, or still held at :meth:`close` — is logged (``event_dropped``) and
+    counted. ``published``, ``failures`` (failed attempts) and ``dropped`` are Prometheus
+    counters labelled ``outcome`` (the worker's in :mod:`egress.metrics`, the agent's in
+    :mod:`sft_agent.metrics`).
     """
 
-    def __init__(self, sns: SNSClient, topic_arn: str, *, published: Counter, failures: Counter) -> None:
+    def __init__(
+        self,
+        sns: SNSClient,
+        topic_arn: str,
+        *,
+        published: Counter,
+        failures: Counter,
+        dropped: Counter,
+        retry_for: float = 900.0,
+        max_held: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sns = sns
         self.topic_arn = topic_arn
         self._published = published
         self._failures = failures
+        self._dropped = dropped
+        self._retry_for = retry_for
+        self._max_held = max_held
+        self._clock = clock
+        self._held: deque[_Held] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._retrier: threading.Thread | None = None
         for outcome in OUTCOMES:  # every series from zero, so a rate() has a start
             published.labels(outcome=outcome)
             failures.labels(outcome=outcome)
+            dropped.labels(outcome=outcome)
 
     def publish(self, event: RouteEvent) -> bool:
-        """Publish ``event`` (botocore retries it); False, logged and counted, if it still fails."""
+        """Publish ``event``; False (logged, counted, held for retrying) if SNS does not take it."""
+        if self._send(event):
+            return True
+        self._hold(event)
+        return False
+
+    @property
+    def held(self) -> int:
+        """How many events wait for a retry."""
+        with self._wake:
+            return len(self._held)
+
+    def close(self, *, timeout: float) -> None:
+        """Stop retrying in the background; one last try for each held event within ``timeout``."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+            held, self._held = list(self._held), deque()
+        if self._retrier is not None:
+            self._retrier.join(timeout)
+        deadline = self._clock() + timeout
+        for entry in held:
+            if self._clock() < deadline and self._send(entry.event):
+                continue
+            self._drop(entry.event, why="the process stopped before it could be published")
+
+    def _hold(self, event: RouteEvent) -> None:
+        with self._wake:
+            if self._closed:
+                self._drop(event, why="the publisher is closed")
+                return
+            self._held.append(_Held(event, first_failed=self._clock(), next_try=self._clock() + 1.0))
+            while len(self._held) > self._max_held:
+                self._drop(self._held.popleft().event, why=f"more than {self._max_held} events held")
+            if self._retrier is None:
+                self._retrier = threading.Thread(target=self._retry_loop, name="events-retry", daemon=True)
+                self._retrier.start()
+            self._wake.notify_all()
+
+    def _retry_loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._closed:
+                    return
+                if not self._held:
+                    self._wake.wait()
+                    continue
+                entry = min(self._held, key=lambda held: held.next_try)
+                pause = entry.next_try - self._clock()
+                if pause > 0:
+                    self._wake.wait(pause)
+                    continue
+                self._held.remove(entry)
+            if self._send(entry.event):
+                log.info(
+                    "event_published_after_retry", outcome=entry.event.outcome, attempts=entry.attempts + 1
+                )
+                continue
+            now = self._clock()
+            if now - entry.first_failed >= self._retry_for:
+                self._drop(entry.event, why=f"still refused after {int(self._retry_for)} s of retries")
+                continue
+            entry.attempts += 1
+            entry.next_try = now + min(60.0, 2.0**entry.attempts)
+            with self._wake:
+                if self._closed:
+                    self._drop(entry.event, why="the publisher closed while it was being retried")
+                    return
+                self._held.append(entry)
+
+    def _drop(self, event: RouteEvent, *, why: str) -> None:
+        self._dropped.labels(outcome=event.outcome).inc()
+        log.error(
+            "event_dropped", outcome=event.outcome, pipeline=event.pipeline_name, flag=event.flag, why=why
+        )
+
+    def _send(self, event: RouteEvent) -> bool:
+        """One publish (botocore retries it within); False, logged and counted, if it fails."""
         try:
             response = self._sns.publish(
                 TopicArn=self.topic_arn,
@@ -217,6 +330,16 @@ class EventPublisher:
             sns_message_id=response.get("MessageId", ""),
         )
         return True
+
+
+@dataclass
+class _Held:
+    """An event SNS refused, waiting for its next try."""
+
+    event: RouteEvent
+    first_failed: float
+    next_try: float
+    attempts: int = 0
 
 
 def _describe(exc: BaseException) -> str:
@@ -263,6 +386,10 @@ class RouteAnnouncer:
         if row is not None:
             self._publisher.publish(received_event(row))
 
+    def close(self, *, timeout: float = 5.0) -> None:
+        """At shutdown: a last try for events held for retrying (see :class:`EventPublisher`)."""
+        self._publisher.close(timeout=timeout)
+
     def settle(self, failures: Iterable[RouteEvent], *, final: bool) -> None:
         """Publish a message's failed routes if its fate is final (dead-lettered, or its last receive)."""
         if final:
@@ -286,6 +413,10 @@ def worker_announcer(aws: AwsClients, settings: WorkerSettings, queue: FlagQueue
         else "the queue's receive limit is unknown: only failures dead-lettered by the worker are announced",
     )
     publisher = EventPublisher(
-        aws.sns, topic_arn, published=metrics.EVENTS_PUBLISHED, failures=metrics.EVENT_PUBLISH_FAILURES
+        aws.sns,
+        topic_arn,
+        published=metrics.EVENTS_PUBLISHED,
+        failures=metrics.EVENT_PUBLISH_FAILURES,
+        dropped=metrics.EVENTS_DROPPED,
     )
     return RouteAnnouncer(publisher, receipts=Receipts(aws.dynamodb, settings.ledger_table))

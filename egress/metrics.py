@@ -86,7 +86,13 @@ EVENTS_PUBLISHED = Counter(
 )
 EVENT_PUBLISH_FAILURES = Counter(
     "egress_event_publish_failures_total",
-    "Completion events not published (SNS refused or unreachable after retries), by outcome",
+    "Publish attempts of completion events that failed (SNS refused or unreachable), by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)
+EVENTS_DROPPED = Counter(
+    "egress_events_dropped_total",
+    "Completion events given up: still refused after the retry period, too many held, or held at shutdown",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -229,6 +229,7 @@ class Worker:
                 self._deadline_timer.cancel()
             self._stopped.set()
             self._sft.owners.release()
+            self._events.close(timeout=3.0)
             log.info("worker_stopped")
         return 0
 

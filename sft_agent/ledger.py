@@ -157,6 +157,7 @@ class LedgerRecorder:
                 self.settings.events_topic_arn,
                 published=self.metrics.events_published,
                 failures=self.metrics.event_publish_failures,
+                dropped=self.metrics.events_dropped,
             )
 
     # -- life ----------------------------------------------------------------------------
@@ -172,6 +173,8 @@ class LedgerRecorder:
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=max(0.1, timeout))
         self._writer.join(timeout)
+        if self._events is not None:
+            self._events.close(timeout=min(5.0, max(0.1, timeout)))
         left = self._queue.qsize() + self._dropped
         if self._writer.is_alive() or left:
             self.log.warning(

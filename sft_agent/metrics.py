@@ -93,9 +93,15 @@ class AgentMetrics:
             ["outcome"],
             registry=r,
         )
+        self.events_dropped = Counter(
+            "sft_agent_events_dropped_total",
+            "Completion events given up: still refused after the retry period, or held at shutdown",
+            ["outcome"],
+            registry=r,
+        )
         self.event_publish_failures = Counter(
             "sft_agent_event_publish_failures_total",
-            "Completion events not published (SNS refused or unreachable after retries), by outcome",
+            "Publish attempts of completion events that failed (SNS refused or unreachable), by outcome",
             ["outcome"],
             registry=r,
         )

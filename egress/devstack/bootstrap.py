@@ -27,6 +27,7 @@ from egress.routing import create_routes_table
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
 
 DEFAULT_SOURCE_BUCKET = "egress-source"
@@ -36,6 +37,7 @@ DEFAULT_ROUTES_TABLE = "data-egress"
 DEFAULT_LEDGER_TABLE = "data-egress-ledger"
 DEFAULT_KMS_ALIAS = "alias/data-egress-local"
 DEFAULT_FLAG_NAME = "pipeline_success.flag"
+DEFAULT_EVENTS_TOPIC = "data-egress-events"  # completion events; <topic>-tap is a queue subscribed to it
 DEFAULT_ROUTES_FILE = Path("config/routes.local.yaml")
 
 MAX_RECEIVE_COUNT = 5
@@ -74,6 +76,8 @@ class LocalResources:
     kms_alias: str
     kms_key_arn: str
     flag_name: str
+    events_topic_arn: str = ""  # completion events (EGRESS_EVENTS_TOPIC_ARN); "" for none
+    events_queue_url: str = ""  # the tap queue subscribed to it, which `egress local events` reads
     steps: tuple[Step, ...] = ()
 
     def worker_env(self) -> dict[str, str]:
@@ -87,6 +91,8 @@ class LocalResources:
             "EGRESS_FLAG_NAME": self.flag_name,
             "EGRESS_KMS_KEY_ARNS": self.kms_key_arn,
         }
+        if self.events_topic_arn:
+            env["EGRESS_EVENTS_TOPIC_ARN"] = self.events_topic_arn
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL"] = self.endpoint_url
         return env
@@ -96,7 +102,7 @@ class LocalResources:
         aws: dict[str, Any] = {"region": self.region}
         if self.endpoint_url:
             aws["endpoint_url"] = self.endpoint_url
-        return {
+        config: dict[str, Any] = {
             "queue_url": self.queue_url,
             "dlq_url": self.dlq_url,
             "routes_table": self.routes_table,
@@ -105,6 +111,9 @@ class LocalResources:
             "kms_key_arns": [self.kms_key_arn],
             "aws": aws,
         }
+        if self.events_topic_arn:
+            config["events_topic_arn"] = self.events_topic_arn
+        return config
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (steps as strings)."""
@@ -237,6 +246,41 @@ def ensure_queues(
     return queue, dlq, steps
 
 
+def ensure_events_topic(sns: SNSClient, sqs: SQSClient, name: str) -> tuple[str, QueueRef, list[Step]]:
+    """The completion-events topic, and a tap queue subscribed to it with raw delivery.
+
+    The tap is what ``egress local events`` reads: the events as subscribers get them.
+    """
+    topic_arn = sns.create_topic(Name=name)["TopicArn"]  # idempotent: the same ARN again
+    tap, tap_step = _ensure_queue(sqs, f"{name}-tap", attributes={"MessageRetentionPeriod": "86400"})
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AllowCompletionEventsFromTheTopic",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": tap.arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=tap.url, Attributes={"Policy": json.dumps(policy)})
+    steps = [Step("ensured", f"events topic {name}"), tap_step]
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic_arn).get("Subscriptions", [])
+    if not any(sub.get("Endpoint") == tap.arn for sub in subscriptions):
+        sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=tap.arn,
+            Attributes={"RawMessageDelivery": "true"},
+            ReturnSubscriptionArn=True,
+        )
+        steps.append(Step("created", f"subscription of {tap.url.rsplit('/', 1)[-1]} to {name}"))
+    return topic_arn, tap, steps
+
+
 def ensure_kms_key(kms: KMSClient, alias: str) -> tuple[str, Step]:
     """The ARN of the key behind ``alias``, creating key and alias if needed."""
     if not alias.startswith("alias/"):
@@ -353,12 +397,14 @@ def bootstrap(
     ledger_table: str = DEFAULT_LEDGER_TABLE,
     kms_alias: str = DEFAULT_KMS_ALIAS,
     flag_name: str = DEFAULT_FLAG_NAME,
+    events_topic: str | None = DEFAULT_EVENTS_TOPIC,
     routes_file: Path | None = None,
     report: Callable[[str], None] = lambda _line: None,
 ) -> LocalResources:
     """Create (or reuse) every resource of the local stack; safe to run again.
 
-    ``report`` receives one human line per step. Raises :class:`LocalSetupError`.
+    ``report`` receives one human line per step; ``events_topic`` None makes no events
+    topic. Raises :class:`LocalSetupError`.
     """
     steps: list[Step] = []
 
@@ -382,6 +428,12 @@ def bootstrap(
         key_arn, key_step = ensure_kms_key(clients.kms, kms_alias)
         done(key_step)
         done(ensure_flag_notification(clients.s3, source_bucket, queue_arn=queue.arn, flag_name=flag_name))
+        events_arn, events_url = "", ""
+        if events_topic is not None:
+            events_arn, tap, event_steps = ensure_events_topic(clients.sns, clients.sqs, events_topic)
+            events_url = tap.url
+            for step in event_steps:
+                done(step)
         if routes_file is not None:
             for warning in bucket_warnings(
                 route_rows(routes_file), source=source_bucket, destination=destination_bucket
@@ -407,6 +459,8 @@ def bootstrap(
         kms_alias=kms_alias,
         kms_key_arn=key_arn,
         flag_name=flag_name,
+        events_topic_arn=events_arn,
+        events_queue_url=events_url,
         steps=tuple(steps),
     )
 

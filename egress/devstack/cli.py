@@ -29,8 +29,8 @@ from egress.kernel.s3uri import parse_s3_uri
 
 
 def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``egress local up | bootstrap | publish``."""
-    local = commands.add_parser("local", help="the local stack: up, bootstrap, publish")
+    """Add ``egress local up | bootstrap | publish | events``."""
+    local = commands.add_parser("local", help="the local stack: up, bootstrap, publish, events")
     actions = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
     flag_default = os.environ.get("EGRESS_FLAG_NAME") or DEFAULT_FLAG_NAME
 
@@ -64,6 +64,15 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     pub.add_argument("--kms-key-id", default=DEFAULT_KMS_ALIAS, help="KMS key for --encrypt")
     pub.add_argument("--jobs", type=int, default=4, help="files and parts uploaded at once")
     pub.set_defaults(handler=_publish_command)
+
+    events = actions.add_parser(
+        "events",
+        help="print the completion events of the running `egress local up` (its tap queue on the events topic)",
+    )
+    events.add_argument("--queue-url", help="the tap queue (default: the running local stack's)")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    events.add_argument("--json", action="store_true", help="print each event's JSON body")
+    events.set_defaults(handler=_events_command)
 
     up = actions.add_parser("up", help="moto server + bootstrap + receiver, worker and agent, until Ctrl-C")
     up.add_argument("--host", default="127.0.0.1", help="address everything listens on")
@@ -167,6 +176,61 @@ def _publish_command(args: argparse.Namespace, ctx: CliContext) -> int:
         file=ctx.out,
     )
     return 0
+
+
+def _events_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Print (and take off the tap queue) the events published so far; with --follow, wait for more."""
+    queue_url = args.queue_url
+    if queue_url is None or ctx.aws_config.endpoint_url is None:
+        stack = find_running_stack()
+        if stack is None:
+            print(
+                "egress local events: no running `egress local up` found (.local-stack/stack.json); "
+                "give --endpoint-url and --queue-url",
+                file=ctx.err,
+            )
+            return 2
+        queue_url = queue_url or str(stack.facts.get("events_queue_url") or "")
+        if ctx.aws_config.endpoint_url is None:
+            config = AwsConfig(region=stack.region, endpoint_url=stack.endpoint_url)
+            ctx = dataclasses.replace(ctx, aws_config=config, _clients=None)
+    if not queue_url:
+        print("egress local events: the local stack has no events topic", file=ctx.err)
+        return 2
+    sqs = ctx.clients.sqs
+    shown = 0
+    try:
+        while True:
+            messages = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=5 if args.follow else 1
+            ).get("Messages", [])
+            for message in messages:
+                print(_event_line(message["Body"], as_json=args.json), file=ctx.out, flush=True)
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+                shown += 1
+            if not messages and not args.follow:
+                break
+    except KeyboardInterrupt:
+        pass
+    if not args.follow:
+        print(f"{shown} event(s)", file=ctx.err)
+    return 0
+
+
+def _event_line(body: str, *, as_json: bool) -> str:
+    """One completion event, as a line for people (or its JSON body)."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return f"(not JSON) {body[:200]}"
+    if as_json or not isinstance(event, dict):
+        return json.dumps(event)
+    reason = f"  {event.get('reason')}: {event.get('detail')}" if event.get("reason") else ""
+    return (
+        f"{event.get('at', '?')}  {event.get('outcome', '?'):<9} {event.get('pipeline_name', '?')} → "
+        f"{event.get('recipient_name', '?')} ({event.get('transfer_type', '?')})  {event.get('objects', 0)} objects, "
+        f"{event.get('bytes', 0)} bytes  {event.get('flag', '?')}{reason}"
+    )
 
 
 def _up_command(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -85,6 +85,7 @@ def banner_commands(resources: LocalResources, info: Mapping[str, Any]) -> list[
         f"s3://{resources.source_bucket}/{info['publish_prefix']}"
     )
     history = f"{egress} {aws}{ledger} history"
+    events = f"{egress} local events {aws} --queue-url {resources.events_queue_url}"
     programs = [egress]
     check = None
     if info.get("agent_config"):
@@ -105,6 +106,8 @@ def banner_commands(resources: LocalResources, info: Mapping[str, Any]) -> list[
         f"   {info['received_dir']}/  (SFT routes, via the agent and the receiver)",
         f"   {history}  (the ledger)",
     ]
+    if resources.events_queue_url:
+        lines.append(f"   {events}  (completion events: delivered, failed, received)")
     if check is not None:
         lines += [
             " Check that the agent reaches the receiver (mutual TLS, certificates, a probe):",

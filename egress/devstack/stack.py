@@ -67,6 +67,7 @@ def agent_config(
     metrics_port: int,
     metrics_host: str = "127.0.0.1",
     ledger_table: str | None = None,
+    events_topic_arn: str | None = None,
 ) -> dict[str, Any]:
     """The SFT agent's YAML for the local stack: one recursive route over the whole SFT root.
 
@@ -76,13 +77,15 @@ def agent_config(
     without a restart. ``error_folder`` must be outside ``sft_root`` (a recursive route would
     send parked files again); the agent's work folder is the hidden ``.sft-agent`` in the
     root, which the scan skips. With ``ledger_table`` the agent records each file's fate
-    there (sent, parked), so ``egress history --files`` shows it.
+    there (sent, parked), so ``egress history --files`` shows it; with ``events_topic_arn``
+    too it publishes ``received`` once every file of a delivery was sent.
     """
-    ledger = (
-        {"ledger": {"table": ledger_table, "sft_root": str(sft_root), "unsent_check_interval": "10s"}}
-        if ledger_table
-        else {}
-    )
+    ledger: dict[str, Any] = {}
+    if ledger_table:
+        section = {"table": ledger_table, "sft_root": str(sft_root), "unsent_check_interval": "10s"}
+        if events_topic_arn:
+            section["events_topic_arn"] = events_topic_arn
+        ledger = {"ledger": section}
     return ledger | {
         "tls": {
             "client_cert": str(certs / CLIENT_CERT),
@@ -324,6 +327,7 @@ class LocalStack:
                 metrics_port=agent_port,
                 metrics_host=options.host,
                 ledger_table=resources.ledger_table,
+                events_topic_arn=resources.events_topic_arn or None,
             )
             write_atomically(agent_config_path, yaml.safe_dump(config, sort_keys=False))
             self.children.append(
@@ -463,6 +467,7 @@ class LocalStack:
             ("queue", f"{resources.queue_url}  (DLQ {resources.dlq_url})"),
             ("tables", f"{resources.routes_table} (routes), {resources.ledger_table} (ledger)"),
             ("KMS key", f"{resources.kms_alias}  {resources.kms_key_arn}"),
+            ("events", f"{resources.events_topic_arn or 'none'} → {resources.events_queue_url or '-'}"),
             ("SFT root", info["sft_root"]),
             ("receiver", f"{info['receiver_url']} → {info['received_dir']}"),
             (

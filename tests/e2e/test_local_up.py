@@ -362,6 +362,26 @@ def test_local_up_delivers_published_sample_data_and_stops_on_ctrl_c(local_up: L
     assert all(
         file["sent_sha256"] == file["sha256"] and file["http_status"] == 201 for file in sft_row["files"]
     )
+    # The banner's events command, as printed: each route's completion event, as a subscriber
+    # of the events topic gets it (the command takes what it prints off the tap queue).
+    seen = ""
+    deadline = time.monotonic() + 30
+    while (
+        not all(f" {outcome} " in seen for outcome in ("delivered", "received"))
+        or seen.count(" delivered ") < 2
+    ):
+        shown_events = run_as_printed(banner_command(local_up, "local events"))
+        assert shown_events.returncode == 0, shown_events.stderr.decode(errors="replace")
+        seen += shown_events.stdout.decode()
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the banner's events command never showed both routes delivered and received:\n{seen}"
+            )
+    lines = seen.splitlines()
+    assert {line.split()[2] for line in lines if " delivered " in line} == {"OpsMI", "OpsMI#sft"}, seen
+    assert [line.split()[2] for line in lines if " received " in line] == ["OpsMI#sft"], seen
+    assert all(target in line for line in lines), seen
+
     # The banner's check of the agent's receiver, as printed: one URL, reached, probed.
     checked = run_as_printed(banner_command(local_up, "check --config"))
     report = checked.stdout.decode()

@@ -32,11 +32,12 @@ FIELDS = {
 _serialize = TypeSerializer().serialize
 
 
-def counters() -> tuple[Counter, Counter]:
+def counters() -> dict[str, Counter]:
     registry = CollectorRegistry()
-    published = Counter("published", "events published", ["outcome"], registry=registry)
-    failures = Counter("failures", "events not published", ["outcome"], registry=registry)
-    return published, failures
+    return {
+        name: Counter(name, f"events {name}", ["outcome"], registry=registry)
+        for name in ("published", "failures", "dropped")
+    }
 
 
 def count(counter: Counter, outcome: str) -> float:
@@ -98,8 +99,9 @@ def test_events_reach_subscribers_with_their_fields_and_attributes_and_a_missing
     failures_only = subscribed_queue(
         aws, topic_arn, f"failed-{unique}", filter_policy={"outcome": ["failed"]}
     )
-    published, failures = counters()
-    publisher = EventPublisher(aws.sns, topic_arn, published=published, failures=failures)
+    counted = counters()
+    published, failures = counted["published"], counted["failures"]
+    publisher = EventPublisher(aws.sns, topic_arn, **counted)
     match = s3_match("their-bucket")
 
     result = RouteResult(
@@ -147,17 +149,34 @@ def test_events_reach_subscribers_with_their_fields_and_attributes_and_a_missing
     assert count(published, "delivered") == 1 and count(published, "failed") == 1
 
     # A topic that does not exist: the publish returns, logged and counted, never raised.
-    missing = EventPublisher(
-        aws.sns, topic_arn.rsplit(":", 1)[0] + f":gone-{unique}", published=published, failures=failures
-    )
+    missing = EventPublisher(aws.sns, topic_arn.rsplit(":", 1)[0] + f":gone-{unique}", **counted)
     assert missing.publish(failure) is False
     assert count(failures, "failed") == 1 and count(published, "failed") == 1
     # Nor does an unreachable endpoint raise (botocore's retries end, the failure is counted).
-    offline = build_unreachable_sns(aws)
-    assert (
-        EventPublisher(offline, topic_arn, published=published, failures=failures).publish(failure) is False
-    )
+    offline = EventPublisher(build_unreachable_sns(aws), topic_arn, **counted)
+    assert offline.publish(failure) is False
     assert count(failures, "failed") == 2
+    # What is still held when the process stops is given up, logged and counted.
+    missing.close(timeout=0.1)
+    offline.close(timeout=0.1)
+    assert count(counted["dropped"], "failed") == 2 and missing.held == offline.held == 0
+
+
+def test_a_refused_event_is_held_and_published_once_sns_takes_it(aws: AwsClients, unique: str) -> None:
+    """An SNS outage (here: the topic not there yet) delays an event; it is not lost."""
+    topic_name = f"late-{unique}"
+    account_arn = aws.sns.create_topic(Name=f"probe-{unique}")["TopicArn"].rsplit(":", 1)[0]
+    counted = counters()
+    publisher = EventPublisher(aws.sns, f"{account_arn}:{topic_name}", **counted)
+    failure = failed_event(FLAG, s3_match("their-bucket"), PermanentError(Reason.ACCESS_DENIED, "denied"))
+    assert publisher.publish(failure) is False and publisher.held == 1
+    topic_arn = aws.sns.create_topic(Name=topic_name)["TopicArn"]
+    queue_url = subscribed_queue(aws, topic_arn, f"late-q-{unique}")
+    (message,) = drain(aws, queue_url, expect=1, timeout=15)
+    assert json.loads(message["Body"])["outcome"] == "failed"
+    assert publisher.held == 0 and count(counted["published"], "failed") == 1
+    publisher.close(timeout=1)
+    assert count(counted["dropped"], "failed") == 0
 
 
 def build_unreachable_sns(aws: AwsClients) -> Any:

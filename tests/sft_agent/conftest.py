@@ -115,7 +115,13 @@ def start_agent(tmp_path: Path, pki: Pki) -> Iterator[Callable[..., AgentProc]]:
         proc.start()
         started.append(proc)
         if wait:
-            wait_for(lambda: proc.healthy() or not proc.alive(), timeout=15, what="the agent's /healthz")
+            # /healthz answers as soon as the runners are up, a moment before the agent_started
+            # line is written: tests read that line (its agent_id), so wait for both.
+            wait_for(
+                lambda: (proc.healthy() and bool(proc.events("agent_started"))) or not proc.alive(),
+                timeout=15,
+                what="the agent's /healthz and its agent_started line",
+            )
             assert proc.alive(), proc.log_text()
         return proc
 
