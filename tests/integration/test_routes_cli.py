@@ -14,6 +14,7 @@ from egress.cli import main
 from egress.routing import create_routes_table
 from tests.conftest import REGION
 
+FLAG = "pipeline_success.flag"
 ROW = [
     "--source-prefix",
     "exports/opsmi/",
@@ -264,3 +265,66 @@ def test_get_and_put_show_warnings(
     )
     code, _, err = run(capsys, moto_endpoint, table, "routes", "get", "exports/opsmi/", "OpsMI")
     assert code == 0 and "WARNING: unknown column(s) ignored: legacy" in err
+
+
+def test_explain_shows_what_each_pattern_keeps_and_the_approval(
+    aws: AwsClients, moto_endpoint: str, table: str, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = f"src-{unique}"
+    aws.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    for key in ("a.csv", "sub/b.csv", ".DS_Store", "sub/.DS_Store", "_SUCCESS", "notes.txt", FLAG):
+        aws.s3.put_object(Bucket=bucket, Key=f"drop/{key}", Body=b"x")
+    common = ["--pipeline-name", "D", "--recipient-name", "r", "--transfer-type", "S3"]
+    put = [
+        *common,
+        "--source-bucket",
+        bucket,
+        "--destination-bucket",
+        "dst-bucket",
+        "--destination-prefix",
+        "d/",
+    ]
+    filters = [
+        "--include",
+        "*.csv",
+        "--include",
+        "_SUCCESS",
+        "--exclude",
+        "*.DS_Store",
+        "--exclude",
+        "_SUCCESS",
+    ]
+    assert (
+        run(capsys, moto_endpoint, table, "routes", "put", "--source-prefix", "drop/", *put, *filters)[0] == 0
+    )
+    code, out, _ = run(capsys, moto_endpoint, table, "routes", "explain", f"s3://{bucket}/drop/{FLAG}")
+    assert code == 0, out
+    assert "  include '*.csv' keeps 2 object(s)" in out
+    assert "  include '_SUCCESS' keeps 0 object(s)" in out  # excluded first: exclude wins
+    assert "  exclude '*.DS_Store' skips 2 object(s)" in out
+    assert "  exclude '_SUCCESS' skips 1 object(s)" in out
+    assert "  drop/a.csv  ->  d/a.csv" in out and "  drop/sub/b.csv  ->  d/sub/b.csv" in out
+    assert "  drop/sub/.DS_Store  ->  excluded ('*.DS_Store')" in out
+    assert "  drop/notes.txt  ->  not included (matches no include pattern)" in out
+
+    # A row that needs approval and has none: explain says the flag would be dead-lettered.
+    assert (
+        run(
+            capsys,
+            moto_endpoint,
+            table,
+            "routes",
+            "put",
+            "--source-prefix",
+            "drop/",
+            *put,
+            "--approval-required",
+        )[0]
+        == 0
+    )
+    code, out, _ = run(capsys, moto_endpoint, table, "routes", "explain", f"s3://{bucket}/drop/{FLAG}")
+    assert code == 1 and "NOT APPROVED (the flag would go to the DLQ)" in out
+    # Only disabled rows: nothing is delivered, and that is no error.
+    assert run(capsys, moto_endpoint, table, "routes", "disable", "drop/", "D")[0] == 0
+    code, out, _ = run(capsys, moto_endpoint, table, "routes", "explain", f"s3://{bucket}/drop/{FLAG}")
+    assert code == 0 and "every matching row is disabled" in out
