@@ -265,6 +265,16 @@ def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
     for _ in body.iter_chunks(8 * 1024 * 1024):
         pass
     get_seconds = time.monotonic() - started
+    # The peer of an SFT delivery: the same GET written to a file on the local disk, then fsync.
+    started = time.monotonic()
+    body = bench.s3.get_object(Bucket="src", Key="big/data.bin.enc")["Body"]
+    with (bench.workdir / "peer.bin").open("wb") as file:
+        for piece in body.iter_chunks(8 * 1024 * 1024):
+            file.write(piece)
+        file.flush()
+        os.fsync(file.fileno())
+    disk_seconds = time.monotonic() - started
+    (bench.workdir / "peer.bin").unlink()
 
     results = []
     for transfer in ("SFT", "S3"):
@@ -309,10 +319,15 @@ def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
     print(f"\n1. decrypt {size / 2**20:.0f} MiB {label} (MB = 10^6 bytes)")
     print(f"   {'path':<34}{'seconds':>9}{'MB/s':>9}{'worker peak RSS MiB':>22}")
     print(f"   {'plain boto3 GET (peer)':<34}{get_seconds:>9.2f}{mb / get_seconds:>9.0f}{'-':>22}")
+    print(
+        f"   {'boto3 GET to disk + fsync (peer)':<34}{disk_seconds:>9.2f}{mb / disk_seconds:>9.0f}{'-':>22}"
+    )
     for transfer, seconds, wall, rss in results:
         label = f"worker decrypt -> {transfer}"
         print(f"   {label:<34}{seconds:>9.2f}{mb / seconds:>9.0f}{rss:>22.0f}")
         print(f"   {'  (flag upload to delivered)':<34}{wall:>9.2f}{mb / wall:>9.0f}")
+        if transfer == "SFT":
+            print(f"   {'  × GET to disk + fsync':<34}{'':>9}{disk_seconds / seconds:>9.2f}")
 
 
 def bench_many(bench: Bench, count: int, *, rounds: int = 3) -> None:

@@ -1,7 +1,8 @@
 """The SFT destination: files in folders of the volume shared with the SFT agent.
 
 A file is streamed into a hidden temporary name in its destination folder
-(``.<name>.<owner>-<random>.part``, created with ``O_EXCL``), hashed while written,
+(``.<name>.<owner>-<random>.part``, created with ``O_EXCL``), hashed while written and
+flushed to disk in the background as it grows (:class:`~egress.kernel.fsutil.WritebackSyncer`),
 fsync'd, then renamed over its final name, and the folder is fsync'd so the rename
 survives a crash. The agent skips hidden and temporary names, so it never sees a partial
 file, and nothing becomes visible before the chunk stream is exhausted without error.
@@ -40,7 +41,7 @@ import structlog
 
 from egress.destinations.base import Delivered, close_abandoned, raise_if_cancelled
 from egress.errors import EgressError, PermanentError, Reason, RetryableError
-from egress.kernel.fsutil import fsync_dir
+from egress.kernel.fsutil import WritebackSyncer, fsync_dir
 from egress.kernel.tempnames import temp_name
 from egress.names import AGENT_SKIPPED_SUFFIXES, sft_path_problem
 
@@ -56,6 +57,7 @@ _TEMP_NAME = re.compile(r"^\..+\.part$", re.DOTALL)
 _OWNED_TEMP_NAME = re.compile(r"^\..+\.([0-9a-f]{8})-[0-9a-f]{12}\.part$", re.DOTALL)
 OWNERS_FOLDER = ".egress/owners"
 _TOKEN_BYTES = 6  # 12 hex characters: collisions between concurrent writers are negligible
+WRITEBACK_EVERY = 16 * MIB  # a file being written is flushed to disk in the background this often
 
 
 class SftDestination:
@@ -157,6 +159,8 @@ class SftDestination:
         size = 0
         with _translated(f"creating a temp file for {relative!r}"):
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        # Flushed as it grows, so the disk works while the next chunks are decrypted and hashed.
+        syncer = WritebackSyncer(fd, every=WRITEBACK_EVERY) if self.fsync else None
         try:
             try:
                 for chunk in chunks:
@@ -165,11 +169,16 @@ class SftDestination:
                     size += len(chunk)
                     with _translated(f"writing {relative!r}"):
                         _write_all(fd, chunk)
+                        if syncer is not None:
+                            syncer.wrote(len(chunk))
                 # The stream ended cleanly: only now may the file become visible.
-                if self.fsync:
+                if syncer is not None:
                     with _translated(f"syncing {relative!r}"):
+                        syncer.close()
                         os.fsync(fd)
             finally:
+                if syncer is not None:
+                    syncer.stop()  # before the descriptor is closed
                 os.close(fd)
             if before_commit is not None:
                 before_commit(temp.name, size, sha.hexdigest())
