@@ -24,15 +24,14 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import EgressError, Reason, RetryableError, error_code, translate_client_error
@@ -45,6 +44,7 @@ from egress.ledger_table import (
     ROUTE_RECORD,
     ObjectRecord,
     object_record_name,
+    plain_item,
 )
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ log = structlog.get_logger("egress.ledger")
 _ROWS_PER_BATCH = 25
 
 _serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 class Claim(Enum):
@@ -209,7 +208,7 @@ class Ledger:
             with self._tokens_lock:
                 self._tokens[key.delivery_id] = token
                 self._renewed[key.delivery_id] = now
-            old = _plain(response.get("Attributes") or {})
+            old = plain_item(response.get("Attributes") or {})
             lapsed = old.get("status") == IN_PROGRESS
             return Lease(
                 claim=Claim.ACQUIRED,
@@ -364,7 +363,7 @@ class Ledger:
                 ConsistentRead=True,
             ):
                 for item in page.get("Items", []):
-                    yield _plain(item)
+                    yield plain_item(item)
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, doing="reading a delivery's object rows") from exc
 
@@ -388,7 +387,7 @@ class Ledger:
             ExpressionAttributeNames={"#record": "record"},
             ExpressionAttributeValues={":route": {"S": ROUTE_RECORD}},
         ):
-            rows = [_plain(item) for item in page.get("Items", [])]
+            rows = [plain_item(item) for item in page.get("Items", [])]
             rows.sort(key=lambda row: str(row.get("started_at", "")), reverse=True)
             for row in rows:
                 yield row
@@ -411,7 +410,7 @@ class Ledger:
                 },
             ):
                 for item in page.get("Items", []):
-                    yield _plain(item)
+                    yield plain_item(item)
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(
                 exc, doing=f"reading the deliveries of s3://{bucket}/{flag_key}"
@@ -423,7 +422,7 @@ class Ledger:
         except (ClientError, BotoCoreError) as exc:
             raise translate_client_error(exc, doing="reading a ledger row") from exc
         item = response.get("Item")
-        return _plain(item) if item else None
+        return plain_item(item) if item else None
 
     # -- conditional writes ------------------------------------------------------------------
     def _update(
@@ -542,11 +541,3 @@ class ProgressLog:
         except EgressError as exc:
             log.warning("progress_not_recorded", reason=exc.reason, detail=exc.detail)
             self._error = exc
-
-
-def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    row = {name: _deserializer.deserialize(value) for name, value in item.items()}
-    return {
-        name: (int(value) if isinstance(value, Decimal) and value == value.to_integral_value() else value)
-        for name, value in row.items()
-    }

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from egress.errors import error_code
@@ -166,3 +168,15 @@ def _ttl_disabled(dynamodb: DynamoDBClient, name: str) -> bool:
 def object_record_name(name: str) -> str:
     """The sort key of the object row for destination ``name``."""
     return OBJECT_PREFIX + name
+
+
+_deserialize = TypeDeserializer().deserialize
+
+
+def plain_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger item as plain values (``{"S": …}`` unwrapped; whole numbers as ``int``)."""
+    row = {name: _deserialize(value) for name, value in item.items()}
+    return {
+        name: (int(value) if isinstance(value, Decimal) and value == value.to_integral_value() else value)
+        for name, value in row.items()
+    }

@@ -19,22 +19,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from egress.errors import error_code
 from egress.kernel.timefmt import iso_from_epoch
-from egress.ledger_table import DELIVERED, OBJECT_PREFIX, ROUTE_RECORD, SENT
+from egress.ledger_table import DELIVERED, OBJECT_PREFIX, ROUTE_RECORD, SENT, plain_item
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _PAGE = 100  # object rows read per request: the first unsent one ends the look
 _CURSORS = 10_000  # deliveries whose progress is remembered at once
-_deserialize = TypeDeserializer().deserialize
 
 
 @dataclass(eq=False)
@@ -59,7 +56,7 @@ class Receipts:
         """
         key = {"delivery_id": {"S": delivery_id}, "record": {"S": ROUTE_RECORD}}
         item = self.dynamodb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
-        row = _plain(item or {})
+        row = plain_item(item or {})
         if row.get("status") != DELIVERED or row.get("transfer_type") != "SFT" or "received_at" in row:
             self._forget(delivery_id)  # not yet delivered (the worker looks when it is), or settled
             return None
@@ -83,7 +80,7 @@ class Receipts:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return None  # another caller announced it
             raise
-        return _plain(response.get("Attributes", {}))
+        return plain_item(response.get("Attributes", {}))
 
     def _all_sent(self, delivery_id: str) -> bool:
         """Every object row sent, and at least one (reading on from where the last look stopped)."""
@@ -122,11 +119,3 @@ class Receipts:
     def _forget(self, delivery_id: str) -> None:
         with self._lock:
             self._cursors.pop(delivery_id, None)
-
-
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    row = {name: _deserialize(value) for name, value in item.items()}
-    return {
-        name: (int(value) if isinstance(value, Decimal) and value == value.to_integral_value() else value)
-        for name, value in row.items()
-    }

@@ -26,7 +26,7 @@ from egress.kernel.timefmt import parse_iso8601
 from egress.ledger import Ledger
 from egress.messages import EGRESS_KEY, FlagEvent
 from egress.routes_cli import add_sft_root_option
-from egress.routes_report import explain_entries, print_entry_details
+from egress.routes_report import any_undeliverable, explain_entries, print_entry_details
 from egress.routing import RouteMatch, RouteTable
 
 DRY_RUN_OBJECTS = 200
@@ -185,7 +185,7 @@ def _show(ctx: CliContext, flag: S3Uri, time: EventTime, matches: list[RouteMatc
         )
         print_entry_details(entry, out=ctx.out)
     # An invalid or unapproved route would be dead-lettered: the replay would not deliver it.
-    return 1 if any(entry["problems"] or entry.get("not_approved") for entry in entries) else 0
+    return 1 if any_undeliverable(entries) else 0
 
 
 def replay_body(flag: S3Uri, *, event_time: datetime, pipeline: str | None) -> dict[str, Any]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import error_code, translate_client_error
 from egress.route_policy import approval_digest, same_identity
-from egress.routing import DEFAULT_SFT_ROOT, Route, get_route
+from egress.routing import DEFAULT_SFT_ROOT, Route, get_route, route_key
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -76,8 +76,16 @@ def stamped(new: Route, *, current: Route | None, editor: str, at: str) -> Route
     return kept
 
 
-def _key(source_prefix: str, pipeline_name: str) -> dict[str, dict[str, str]]:
-    return {"source_prefix": {"S": source_prefix}, "pipeline_name": {"S": pipeline_name}}
+def _update(dynamodb: DynamoDBClient, *, refused: str, doing: str, **request: Any) -> dict[str, Any]:
+    """A conditional ``UpdateItem``: :class:`RouteEditRefused` (``refused``) when its condition fails."""
+    try:
+        return dict(dynamodb.update_item(**request))
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            raise RouteEditRefused(refused) from exc
+        raise translate_client_error(exc, doing=doing) from exc
+    except BotoCoreError as exc:
+        raise translate_client_error(exc, doing=doing) from exc
 
 
 def approve(
@@ -119,20 +127,16 @@ def approve(
         values[":seen"] = {"S": route.updated_at}
     else:
         condition += "attribute_not_exists(updated_at)"
-    try:
-        dynamodb.update_item(
-            TableName=table,
-            Key=_key(source_prefix, pipeline_name),
-            UpdateExpression="SET approved_by = :by, approved_at = :at, approved_digest = :digest",
-            ConditionExpression=condition,
-            ExpressionAttributeValues=values,
-        )
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            raise RouteEditRefused(f"row {name} was edited while it was being approved: look again") from exc
-        raise translate_client_error(exc, doing=f"approving a row of {table}") from exc
-    except BotoCoreError as exc:
-        raise translate_client_error(exc, doing=f"approving a row of {table}") from exc
+    _update(
+        dynamodb,
+        refused=f"row {name} was edited while it was being approved: look again",
+        doing=f"approving a row of {table}",
+        TableName=table,
+        Key=route_key(source_prefix, pipeline_name),
+        UpdateExpression="SET approved_by = :by, approved_at = :at, approved_digest = :digest",
+        ConditionExpression=condition,
+        ExpressionAttributeValues=values,
+    )
     return replace(
         route, approved_by=approver, approved_at=values[":at"]["S"], approved_digest=values[":digest"]["S"]
     )
@@ -148,24 +152,16 @@ def set_enabled(
     editor: str,
 ) -> bool:
     """Switch a row on or off (its approval stays); returns whether it was enabled before."""
-    try:
-        response = dynamodb.update_item(
-            TableName=table,
-            Key=_key(source_prefix, pipeline_name),
-            UpdateExpression="SET enabled = :on, enabled_changed_by = :by, enabled_changed_at = :at",
-            ConditionExpression="attribute_exists(source_prefix)",
-            ExpressionAttributeValues={
-                ":on": {"BOOL": enabled},
-                ":by": {"S": editor},
-                ":at": {"S": now_iso()},
-            },
-            ReturnValues="ALL_OLD",
-        )
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            raise RouteEditRefused(f"no row ({source_prefix!r}, {pipeline_name!r}) in {table}") from exc
-        raise translate_client_error(exc, doing=f"switching a row of {table}") from exc
-    except BotoCoreError as exc:
-        raise translate_client_error(exc, doing=f"switching a row of {table}") from exc
+    response = _update(
+        dynamodb,
+        refused=f"no row ({source_prefix!r}, {pipeline_name!r}) in {table}",
+        doing=f"switching a row of {table}",
+        TableName=table,
+        Key=route_key(source_prefix, pipeline_name),
+        UpdateExpression="SET enabled = :on, enabled_changed_by = :by, enabled_changed_at = :at",
+        ConditionExpression="attribute_exists(source_prefix)",
+        ExpressionAttributeValues={":on": {"BOOL": enabled}, ":by": {"S": editor}, ":at": {"S": now_iso()}},
+        ReturnValues="ALL_OLD",
+    )
     before = Route.from_item(response.get("Attributes", {}) or {"source_prefix": {"S": source_prefix}})
     return before.enabled

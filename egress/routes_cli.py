@@ -27,7 +27,7 @@ from egress.routes_apply import (
     plan_routes_file,
     read_yaml_file,
 )
-from egress.routes_report import explain_entries, print_entry_details, route_summary
+from egress.routes_report import any_undeliverable, explain_entries, print_entry_details, route_summary
 from egress.routing import DEFAULT_SFT_ROOT, Route, RouteTable, delete_route, get_route, put_route
 
 if TYPE_CHECKING:
@@ -429,7 +429,7 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
                 file=ctx.out,
             )
             print_entry_details(entry, out=ctx.out)
-    return 1 if any(entry["problems"] or entry.get("not_approved") for entry in report) else 0
+    return 1 if any_undeliverable(report) else 0
 
 
 def _export_text(routes: Sequence[Route]) -> str:

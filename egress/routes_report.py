@@ -147,3 +147,8 @@ def extra_files(match: RouteMatch, when: datetime) -> dict[str, str]:
     if control:
         extra["control_file"] = control
     return extra
+
+
+def any_undeliverable(entries: Sequence[dict[str, Any]]) -> bool:
+    """Whether a flag would be dead-lettered: a matching row is invalid or not approved."""
+    return any(entry["problems"] or entry.get("not_approved") for entry in entries)

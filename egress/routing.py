@@ -492,6 +492,11 @@ def create_routes_table(dynamodb: DynamoDBClient, name: str) -> None:
             raise
 
 
+def route_key(source_prefix: str, pipeline_name: str) -> dict[str, dict[str, str]]:
+    """A row's key as a low-level DynamoDB ``Key``."""
+    return {"source_prefix": {"S": source_prefix}, "pipeline_name": {"S": pipeline_name}}
+
+
 def put_route(dynamodb: DynamoDBClient, table: str, route: Route) -> None:
     dynamodb.put_item(TableName=table, Item=route.to_item())
 
@@ -500,7 +505,7 @@ def delete_route(dynamodb: DynamoDBClient, table: str, *, source_prefix: str, pi
     """Delete a row; True if it existed."""
     response = dynamodb.delete_item(
         TableName=table,
-        Key={"source_prefix": {"S": source_prefix}, "pipeline_name": {"S": pipeline_name}},
+        Key=route_key(source_prefix, pipeline_name),
         ReturnValues="ALL_OLD",
     )
     return bool(response.get("Attributes"))
@@ -511,7 +516,7 @@ def get_route(
 ) -> Route | None:
     item = dynamodb.get_item(
         TableName=table,
-        Key={"source_prefix": {"S": source_prefix}, "pipeline_name": {"S": pipeline_name}},
+        Key=route_key(source_prefix, pipeline_name),
         ConsistentRead=True,
     ).get("Item")
     return Route.from_item(item) if item else None

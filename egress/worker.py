@@ -48,7 +48,6 @@ from egress.routing import RouteTable
 
 if TYPE_CHECKING:
     from egress.aws import AwsClients
-    from egress.delivery import RouteResult
     from egress.destinations.sft import SftDestination
     from egress.routing import RouteMatch
     from egress.settings import WorkerSettings
@@ -366,7 +365,7 @@ class Worker:
                         f"route ({route.source_prefix!r}, {route.pipeline_name!r}) is invalid: {problems}",
                     )
                 )
-                self._announce(entry, event, match, error=permanent[-1])
+                self._hold_failure(entry, event, match, permanent[-1])
                 log.error("route_invalid", problems=list(match.problems))
                 continue
             approval = approval_state(route)
@@ -374,7 +373,7 @@ class Worker:
                 log.error("route_not_approved", state=approval.state, detail=approval.detail)
                 metrics.FAILURES.labels(kind="permanent", reason=Reason.ROUTE_NOT_APPROVED).inc()
                 permanent.append(PermanentError(Reason.ROUTE_NOT_APPROVED, approval.detail))
-                self._announce(entry, event, match, error=permanent[-1])
+                self._hold_failure(entry, event, match, permanent[-1])
                 continue
 
             def on_lease(key: DeliveryKey) -> None:
@@ -386,7 +385,7 @@ class Worker:
                     event, match, upload_id=upload_id, cancel=entry.cancel, on_lease=on_lease
                 )
                 delivered += 0 if result.skipped else 1
-                self._announce(entry, event, match, result=result)
+                self._events.delivered(event, result)  # nothing for a route skipped as already delivered
             except LeaseHeld as exc:
                 log.info("route_held_elsewhere", detail=exc.detail)
                 retryable.append(exc)
@@ -394,32 +393,22 @@ class Worker:
                 log.warning("route_failed_retrying", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="retryable", reason=exc.reason).inc()
                 retryable.append(exc)
-                self._announce(entry, event, match, error=exc)
+                self._hold_failure(entry, event, match, exc)
             except PermanentError as exc:
                 log.error("route_failed_permanently", reason=exc.reason, detail=exc.detail)
                 metrics.FAILURES.labels(kind="permanent", reason=exc.reason).inc()
                 permanent.append(exc)
-                self._announce(entry, event, match, error=exc)
+                self._hold_failure(entry, event, match, exc)
             finally:
                 with entry.lock:
                     entry.leases.clear()  # the delivery ended: nothing left to renew
         structlog.contextvars.unbind_contextvars("pipeline", "recipient")
         return delivered
 
-    def _announce(
-        self,
-        entry: _InFlight,
-        event: FlagEvent,
-        match: RouteMatch,
-        *,
-        result: RouteResult | None = None,
-        error: EgressError | None = None,
-    ) -> None:
-        """Completion events (:mod:`egress.events`): a delivery now, a failure once its message's fate is final."""
-        if result is not None:
-            self._events.delivered(event, result)  # nothing for a route skipped as already delivered
-        elif error is not None and not isinstance(error, LeaseHeld):  # the holder announces its own
-            entry.failures.append(failed_event(event, match, error))
+    @staticmethod
+    def _hold_failure(entry: _InFlight, event: FlagEvent, match: RouteMatch, error: EgressError) -> None:
+        """Keep a route's failure: its completion event is published once the message's fate is final."""
+        entry.failures.append(failed_event(event, match, error))
 
     @staticmethod
     def _upload_id(event: FlagEvent) -> str:

@@ -24,7 +24,7 @@ from egress.devstack.bootstrap import (
 from egress.devstack.errors import LocalSetupError
 from egress.devstack.publish import publish
 from egress.devstack.stack import DEFAULT_PORT, DEFAULT_STATE_DIR, LocalStack, UpOptions, find_repo_path
-from egress.devstack.stackfile import find_running_stack
+from egress.devstack.stackfile import RunningStack, find_running_stack
 from egress.kernel.s3uri import parse_s3_uri
 
 
@@ -147,8 +147,7 @@ def _publish_command(args: argparse.Namespace, ctx: CliContext) -> int:
                 f"{stack.endpoint_url} (from {stack.path})",
                 file=ctx.err,
             )
-            config = AwsConfig(region=stack.region, endpoint_url=stack.endpoint_url)
-            ctx = dataclasses.replace(ctx, aws_config=config, _clients=None)
+            ctx = _aimed_at(ctx, stack)
     if args.jobs < 1:
         print("egress local publish: --jobs must be at least 1", file=ctx.err)
         return 2
@@ -178,6 +177,12 @@ def _publish_command(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def _aimed_at(ctx: CliContext, stack: RunningStack) -> CliContext:
+    """``ctx`` with its clients pointed at the running local stack's endpoint and region."""
+    config = AwsConfig(region=stack.region, endpoint_url=stack.endpoint_url)
+    return dataclasses.replace(ctx, aws_config=config, _clients=None)
+
+
 def _events_command(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print (and take off the tap queue) the events published so far; with --follow, wait for more."""
     queue_url = args.queue_url
@@ -192,8 +197,7 @@ def _events_command(args: argparse.Namespace, ctx: CliContext) -> int:
             return 2
         queue_url = queue_url or str(stack.facts.get("events_queue_url") or "")
         if ctx.aws_config.endpoint_url is None:
-            config = AwsConfig(region=stack.region, endpoint_url=stack.endpoint_url)
-            ctx = dataclasses.replace(ctx, aws_config=config, _clients=None)
+            ctx = _aimed_at(ctx, stack)
     if not queue_url:
         print("egress local events: the local stack has no events topic", file=ctx.err)
         return 2

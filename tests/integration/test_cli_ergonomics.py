@@ -26,17 +26,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.fixture()
-def queues(aws: AwsClients, unique: str) -> tuple[str, str]:
-    dlq = aws.sqs.create_queue(QueueName=f"dlq-{unique}")["QueueUrl"]
-    arn = aws.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue = aws.sqs.create_queue(
-        QueueName=f"q-{unique}",
-        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"})},
-    )["QueueUrl"]
-    return queue, dlq
-
-
 def put_row(aws: AwsClients, table: str, **columns: str) -> None:
     aws.dynamodb.put_item(TableName=table, Item={name: {"S": value} for name, value in columns.items()})
 

@@ -22,17 +22,6 @@ def run(capsys: pytest.CaptureFixture[str], endpoint: str, *argv: str) -> tuple[
     return code, captured.out, captured.err
 
 
-@pytest.fixture()
-def queues(aws: AwsClients, unique: str) -> tuple[str, str]:
-    dlq = aws.sqs.create_queue(QueueName=f"dlq-{unique}")["QueueUrl"]
-    arn = aws.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue = aws.sqs.create_queue(
-        QueueName=f"q-{unique}",
-        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"})},
-    )["QueueUrl"]
-    return queue, dlq
-
-
 def test_history_lists_and_filters_ledger_rows(
     aws: AwsClients, moto_endpoint: str, unique: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
