@@ -1,16 +1,22 @@
 """Worker benchmarks on a local moto server (run on demand, not in the test suite).
 
-1. A 1 GiB encrypted object (envelope format, an Encryption SDK message, an S3 Encryption
-   Client v3 object), decrypt → SFT and decrypt → S3: throughput and the worker's peak RSS
-   (VmHWM of the worker process alone), beside a plain boto3 GET of the same object in the
-   same run.
-2. 1,000 × 64 KiB objects under one flag, S3 → S3 (server-side copies): time beside
-   ``s5cmd cp`` copying the same objects on the same server in the same run.
+Each comparison runs the peer and the worker in the same run, ``--rounds`` times (3 by
+default, alternating which goes first), and prints every round, the median and the spread.
+
+1. A 1 GiB encrypted object (envelope format, an Encryption SDK message with 4 KiB
+   frames, an S3 Encryption Client v3 object), decrypt → SFT beside a boto3 GET of the
+   same object to disk with fsync, and decrypt → S3 beside the GET streamed into boto3's
+   managed multipart upload; the worker's peak RSS (VmHWM of the worker process alone).
+2. 1,000 × 64 KiB objects under one flag, S3 → S3 (server-side copies), beside
+   ``s5cmd cp`` copying the same objects on the same server. With ``--latency-ms 40``
+   both go through ``bench/relay.py``, which adds 40 ms to each S3 request as the cloud
+   does (and ``--service-latency-ms``, 10 by default, to the worker's SQS and DynamoDB).
 
 MB = 10^6 bytes. Usage: ``python bench/bench_worker.py [--size-mib 1024] [--objects 1000]
-[--only decrypt|many] [--formats envelope,esdk,s3ec]``.
+[--only decrypt|many] [--formats envelope,esdk,s3ec] [--transfers SFT,S3] [--rounds 3]
+[--latency-ms 40]``. ``BENCH_PYSPY=DIR`` samples the worker with py-spy during the
+many-objects rounds (collapsed stacks in DIR).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -55,6 +61,37 @@ def wait_http(url: str, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def profile_arguments(tag: int) -> list[str]:
+    """With BENCH_PROFILE=DIR, the worker runs under cProfile, its profile written to DIR."""
+    folder = os.environ.get("BENCH_PROFILE")
+    if not folder:
+        return []
+    return ["-m", "cProfile", "-o", str(Path(folder) / f"worker-{tag}.prof")]
+
+
+def sample_worker(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With BENCH_PYSPY=DIR, py-spy samples every thread of the worker (collapsed stacks to DIR/name.txt)."""
+    folder = os.environ.get("BENCH_PYSPY")
+    if not folder:
+        return None
+    py_spy = shutil.which("py-spy") or "py-spy"
+    out = Path(folder) / f"{name}.txt"
+    command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--output", str(out)]
+    return subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_sampler(sampler: subprocess.Popen[bytes] | None) -> None:
+    if sampler is not None:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(60)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -139,7 +176,9 @@ class Bench:
         item.setdefault("recipient_name", {"S": "bench"})
         self.ddb.put_item(TableName="data-egress", Item=item)
 
-    def start_worker(self) -> tuple[subprocess.Popen[bytes], Path, int]:
+    def start_worker(
+        self, extra_env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path, int]:
         metrics_port = free_port()
         log = self.workdir / f"worker-{metrics_port}.log"
         env = {
@@ -150,12 +189,17 @@ class Bench:
             "EGRESS_METRICS_PORT": str(metrics_port),
             "EGRESS_METRICS_HOST": "127.0.0.1",
             "EGRESS_WAIT_TIME_SECONDS": "1",
-            "EGRESS_OBJECT_CONCURRENCY": "16",
             "EGRESS_FREE_SPACE_MARGIN_MB": "16",
+            # moto reads a whole object on every ranged GET: one streaming GET is its fast path.
+            "EGRESS_GET_STRATEGY": "single",
+            **(extra_env or {}),
         }
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "egress.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, *profile_arguments(metrics_port), "-m", "egress.cli", "run"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         wait_http(f"http://127.0.0.1:{metrics_port}/healthz")
         return process, log, metrics_port
@@ -256,137 +300,217 @@ def upload_encrypted(bench: Bench, size: int, fmt: str, key: str) -> None:
     message.unlink()
 
 
-def bench_decrypt(bench: Bench, size: int, fmt: str) -> None:
-    upload_encrypted(bench, size, fmt, "big/data.bin.enc")
-    mb = size / 1e6
-    # The peer: a plain boto3 GET of the same object, read in 8 MiB chunks.
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"{statistics.median(ordered):.0f} ({ordered[0]:.0f}-{ordered[-1]:.0f})"
+
+
+def _peer_to_disk(bench: Bench, key: str) -> float:
+    """The peer of an SFT delivery: a boto3 GET of ``key`` written to the local disk, then fsync; seconds."""
     started = time.monotonic()
-    body = bench.s3.get_object(Bucket="src", Key="big/data.bin.enc")["Body"]
-    for _ in body.iter_chunks(8 * 1024 * 1024):
-        pass
-    get_seconds = time.monotonic() - started
-    # The peer of an SFT delivery: the same GET written to a file on the local disk, then fsync.
-    started = time.monotonic()
-    body = bench.s3.get_object(Bucket="src", Key="big/data.bin.enc")["Body"]
+    body = bench.s3.get_object(Bucket="src", Key=key)["Body"]
     with (bench.workdir / "peer.bin").open("wb") as file:
         for piece in body.iter_chunks(8 * 1024 * 1024):
             file.write(piece)
         file.flush()
         os.fsync(file.fileno())
-    disk_seconds = time.monotonic() - started
+    seconds = time.monotonic() - started
     (bench.workdir / "peer.bin").unlink()
+    return seconds
 
-    results = []
-    for transfer in ("SFT", "S3"):
-        prefix = f"big-{fmt}-{transfer.lower()}/"
-        bench.s3.copy_object(
-            Bucket="src",
-            Key=prefix + "data.bin.enc",
-            CopySource={"Bucket": "src", "Key": "big/data.bin.enc"},
-            MetadataDirective="COPY",
-        )
-        columns: dict[str, Any] = {
-            "source_prefix": prefix,
-            "pipeline_name": f"dec-{fmt}-{transfer}",
-            "transfer_type": transfer,
-            "decrypt": True,
-        }
-        if transfer == "S3":
-            columns.update(destination_bucket="dst", destination_prefix=f"dec-{fmt}/")
-        else:
-            columns.update(destination_prefix=f"dec-{fmt}")
-        bench.route(**columns)
-        worker, log, _ = bench.start_worker()
-        started = time.monotonic()
-        bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
-        (line,) = bench.wait_line(log, "route_delivered", 1)
-        wall = time.monotonic() - started
-        rss = peak_rss_mib(worker.pid)
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
-        results.append((transfer, line["seconds"], wall, rss))
-        if transfer == "SFT":
-            (bench.sft_root / f"dec-{fmt}" / "data.bin").unlink()
-        else:
-            bench.s3.delete_object(Bucket="dst", Key=f"dec-{fmt}/data.bin")
-        bench.s3.delete_object(Bucket="src", Key=prefix + "data.bin.enc")
+
+def _peer_to_s3(bench: Bench, key: str) -> float:
+    """The peer of an S3 delivery: the GET streamed into boto3's managed multipart upload (16 MiB parts, 4 threads)."""
+    started = time.monotonic()
+    body = bench.s3.get_object(Bucket="src", Key=key)["Body"]
+    transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+    bench.s3.upload_fileobj(body, "dst", "peer.bin", Config=transfer)
+    seconds = time.monotonic() - started
+    bench.s3.delete_object(Bucket="dst", Key="peer.bin")
+    return seconds
+
+
+def _worker_decrypt(bench: Bench, fmt: str, transfer: str, round_number: int) -> tuple[float, float, float]:
+    """One decrypt route delivering ``big/data.bin.enc``: the route's seconds, flag-to-done seconds, peak RSS."""
+    prefix = f"big-{fmt}-{transfer.lower()}-{round_number}/"
+    bench.s3.copy_object(
+        Bucket="src",
+        Key=prefix + "data.bin.enc",
+        CopySource={"Bucket": "src", "Key": "big/data.bin.enc"},
+        MetadataDirective="COPY",
+    )
+    folder = f"dec-{fmt}-{round_number}"
+    columns: dict[str, Any] = {
+        "source_prefix": prefix,
+        "pipeline_name": f"dec-{fmt}-{transfer}",
+        "transfer_type": transfer,
+        "decrypt": True,
+    }
+    if transfer == "S3":
+        columns.update(destination_bucket="dst", destination_prefix=f"{folder}/")
+    else:
+        columns.update(destination_prefix=folder)
+    bench.route(**columns)
+    worker, log, _ = bench.start_worker()
+    started = time.monotonic()
+    bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
+    (line,) = bench.wait_line(log, "route_delivered", 1)
+    wall = time.monotonic() - started
+    rss = peak_rss_mib(worker.pid)
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(60)
+    if transfer == "SFT":
+        (bench.sft_root / folder / "data.bin").unlink()
+    else:
+        bench.s3.delete_object(Bucket="dst", Key=f"{folder}/data.bin")
+    bench.s3.delete_object(Bucket="src", Key=prefix + "data.bin.enc")
+    return float(line["seconds"]), wall, rss
+
+
+def bench_decrypt(
+    bench: Bench, size: int, fmt: str, *, rounds: int = 3, transfers: tuple[str, ...] = ("SFT", "S3")
+) -> None:
+    """Decrypt one ``size``-byte object to each transfer beside its peer, ``rounds`` times (peer and worker alternating)."""
+    upload_encrypted(bench, size, fmt, "big/data.bin.enc")
+    mb = size / 1e6
+    peers = {"SFT": _peer_to_disk, "S3": _peer_to_s3}
+    peer_names = {"SFT": "boto3 GET to disk + fsync", "S3": "boto3 GET into managed multipart upload"}
+    figures: dict[str, dict[str, list[float]]] = {
+        t: {"peer": [], "worker": [], "wall": [], "rss": [], "ratio": []} for t in transfers
+    }
+    for round_number in range(1, rounds + 1):
+        for transfer in transfers:
+            order = ("peer", "worker") if round_number % 2 else ("worker", "peer")
+            for who in order:
+                if who == "peer":
+                    peer_seconds = peers[transfer](bench, "big/data.bin.enc")
+                    figures[transfer]["peer"].append(mb / peer_seconds)
+                else:
+                    seconds, wall, rss = _worker_decrypt(bench, fmt, transfer, round_number)
+                    figures[transfer]["worker"].append(mb / seconds)
+                    figures[transfer]["wall"].append(mb / wall)
+                    figures[transfer]["rss"].append(rss)
+            figures[transfer]["ratio"].append(figures[transfer]["worker"][-1] / figures[transfer]["peer"][-1])
     bench.s3.delete_object(Bucket="src", Key="big/data.bin.enc")
     label = {
         "envelope": "envelope-encrypted object",
         "esdk": "Encryption SDK message (4 KiB frames)",
         "s3ec": "S3 Encryption Client v3 object",
     }[fmt]
-    print(f"\n1. decrypt {size / 2**20:.0f} MiB {label} (MB = 10^6 bytes)")
-    print(f"   {'path':<34}{'seconds':>9}{'MB/s':>9}{'worker peak RSS MiB':>22}")
-    print(f"   {'plain boto3 GET (peer)':<34}{get_seconds:>9.2f}{mb / get_seconds:>9.0f}{'-':>22}")
     print(
-        f"   {'boto3 GET to disk + fsync (peer)':<34}{disk_seconds:>9.2f}{mb / disk_seconds:>9.0f}{'-':>22}"
+        f"\n1. decrypt {size / 2**20:.0f} MiB {label}, {rounds} rounds (MB/s, MB = 10^6 bytes; median (min-max))"
     )
-    for transfer, seconds, wall, rss in results:
-        label = f"worker decrypt -> {transfer}"
-        print(f"   {label:<34}{seconds:>9.2f}{mb / seconds:>9.0f}{rss:>22.0f}")
-        print(f"   {'  (flag upload to delivered)':<34}{wall:>9.2f}{mb / wall:>9.0f}")
-        if transfer == "SFT":
-            print(f"   {'  × GET to disk + fsync':<34}{'':>9}{disk_seconds / seconds:>9.2f}")
+    for transfer in transfers:
+        row = figures[transfer]
+        print(f"   decrypt -> {transfer}")
+        print(f"     peer: {peer_names[transfer]:<40}{_spread(row['peer']):>20}")
+        print(f"     worker (route's own time){'':<27}{_spread(row['worker']):>20}")
+        print(f"     worker (flag upload to delivered){'':<19}{_spread(row['wall']):>20}")
+        ratios = sorted(row["ratio"])
+        print(
+            f"     worker / peer per round: {', '.join(f'{r:.2f}' for r in row['ratio'])}; "
+            f"median {statistics.median(ratios):.2f}"
+        )
+        print(f"     worker peak RSS MiB: {', '.join(f'{r:.0f}' for r in row['rss'])}")
 
 
-def bench_many(bench: Bench, count: int, *, rounds: int = 3) -> None:
+def bench_many(
+    bench: Bench, count: int, *, rounds: int = 3, latency_ms: float = 0, service_latency_ms: float = 0
+) -> None:
+    """``count`` × 64 KiB S3 → S3 beside ``s5cmd cp``; with ``latency_ms``, both through a relay adding it to each S3 request.
+
+    The worker's other requests (SQS, DynamoDB) then go through a second relay adding
+    ``service_latency_ms`` (in-region DynamoDB answers in single-digit milliseconds).
+    """
     payload = os.urandom(64 * 1024)
     from concurrent.futures import ThreadPoolExecutor
 
+    from relay import start_relay
+
+    prefix = f"many-{count}-{int(latency_ms)}/"
     with ThreadPoolExecutor(16) as pool:
         list(
             pool.map(
-                lambda i: bench.s3.put_object(Bucket="src", Key=f"many/obj-{i:05d}", Body=payload),
+                lambda i: bench.s3.put_object(Bucket="src", Key=f"{prefix}obj-{i:05d}", Body=payload),
                 range(count),
             )
         )
     bench.route(
-        source_prefix="many/",
+        source_prefix=prefix,
         pipeline_name="many",
         transfer_type="S3",
         destination_bucket="dst",
-        destination_prefix="many-worker/",
+        destination_prefix=f"{prefix}worker/",
     )
+    relays: list[subprocess.Popen[bytes]] = []
+    s3_endpoint, worker_env = bench.endpoint, {}
+    if latency_ms:
+        process, s3_endpoint = start_relay(bench.endpoint, latency_ms=latency_ms)
+        relays.append(process)
+        process, services = start_relay(bench.endpoint, latency_ms=service_latency_ms)
+        relays.append(process)
+        worker_env = {"AWS_ENDPOINT_URL": services, "AWS_ENDPOINT_URL_S3": s3_endpoint}
     s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).with_name("s5cmd"))
     env = {**bench.env, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
-    rows: list[tuple[float, float, float, float]] = []
-    for round_number in range(1, rounds + 1):
-        started = time.monotonic()
-        subprocess.run(
-            [
-                s5cmd,
-                "--endpoint-url",
-                bench.endpoint,
-                "cp",
-                "s3://src/many/*",
-                f"s3://dst/many-s5cmd-{round_number}/",
-            ],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        s5_seconds = time.monotonic() - started
-        worker, log, _ = bench.start_worker()
-        started = time.monotonic()
-        # Each round is a new upload of the flag: a new delivery, recorded object by object.
-        bench.s3.put_object(Bucket="src", Key="many/" + FLAG, Body=b"")
-        (line,) = bench.wait_line(log, "route_delivered", 1)
-        wall = time.monotonic() - started
-        rss = peak_rss_mib(worker.pid)
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
-        assert line["objects"] == count, line
-        rows.append((s5_seconds, float(line["seconds"]), wall, rss))
-    print(f"\n2. {count} x 64 KiB objects, S3 -> S3 on the same moto server, {rounds} rounds")
+    rows: list[tuple[float, float, float, float, float]] = []
+    try:
+        for round_number in range(1, rounds + 1):
+            moto_cpu = cpu_seconds(bench.moto.pid)
+            started = time.monotonic()
+            subprocess.run(
+                [
+                    s5cmd,
+                    "--endpoint-url",
+                    s3_endpoint,
+                    "cp",
+                    f"s3://src/{prefix}*",
+                    f"s3://dst/{prefix}s5cmd-{round_number}/",
+                ],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            s5_seconds = time.monotonic() - started
+            s5_moto_cpu = cpu_seconds(bench.moto.pid) - moto_cpu
+            worker, log, _ = bench.start_worker(worker_env)
+            moto_cpu = cpu_seconds(bench.moto.pid)
+            sampler = sample_worker(worker.pid, f"many-{round_number}")
+            started = time.monotonic()
+            # Each round is a new upload of the flag: a new delivery, recorded object by object.
+            bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
+            (line,) = bench.wait_line(log, "route_delivered", 1)
+            wall = time.monotonic() - started
+            rss = peak_rss_mib(worker.pid)
+            cpu = cpu_seconds(worker.pid)
+            worker_moto_cpu = cpu_seconds(bench.moto.pid) - moto_cpu
+            print(
+                f"   moto CPU s: during s5cmd {s5_moto_cpu:.2f}, during the worker's delivery {worker_moto_cpu:.2f}"
+            )
+            stop_sampler(sampler)
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+            assert line["objects"] == count, line
+            rows.append((s5_seconds, float(line["seconds"]), wall, rss, cpu))
+    finally:
+        for process in relays:
+            process.kill()
+            process.wait()
+    where = (
+        f"through a relay adding {latency_ms:g} ms to each S3 request ({service_latency_ms:g} ms to SQS and DynamoDB)"
+        if latency_ms
+        else "on the same moto server"
+    )
+    print(f"\n2. {count} x 64 KiB objects, S3 -> S3 {where}, {rounds} rounds")
     print(
         f"   {'round':<8}{'s5cmd s':>10}{'worker s':>10}{'ratio':>8}{'flag->done s':>14}{'peak RSS MiB':>14}"
+        f"{'worker CPU s':>14}"
     )
-    for number, (s5_seconds, seconds, wall, rss) in enumerate(rows, start=1):
+    for number, (s5_seconds, seconds, wall, rss, cpu) in enumerate(rows, start=1):
         print(
             f"   {number:<8}{s5_seconds:>10.2f}{seconds:>10.2f}{seconds / s5_seconds:>8.2f}{wall:>14.2f}{rss:>14.0f}"
+            f"{cpu:>14.2f}"
         )
-    ratios = sorted(seconds / s5_seconds for s5_seconds, seconds, _, _ in rows)
+    ratios = sorted(row[1] / row[0] for row in rows)
     s5_all = sorted(row[0] for row in rows)
     worker_all = sorted(row[1] for row in rows)
     print(
@@ -401,7 +525,20 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--only", choices=["decrypt", "many"], default=None)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the many-objects comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each comparison")
+    parser.add_argument("--transfers", default="SFT,S3", help="decrypt to these transfer types (SFT, S3)")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="many objects through a relay adding this to each S3 request",
+    )
+    parser.add_argument(
+        "--service-latency-ms",
+        type=float,
+        default=10,
+        help="with --latency-ms: added to SQS and DynamoDB requests",
+    )
     parser.add_argument(
         "--formats", default="envelope,esdk,s3ec", help="encrypted formats to decrypt (envelope, esdk, s3ec)"
     )
@@ -411,10 +548,23 @@ def main() -> int:
         try:
             print(f"moto server {bench.endpoint}; CPU count {os.cpu_count()}")
             if args.only in (None, "decrypt"):
+                transfers = tuple(t.strip().upper() for t in args.transfers.split(","))
                 for fmt in args.formats.split(","):
-                    bench_decrypt(bench, args.size_mib * 1024 * 1024, fmt.strip())
+                    bench_decrypt(
+                        bench,
+                        args.size_mib * 1024 * 1024,
+                        fmt.strip(),
+                        rounds=args.rounds,
+                        transfers=transfers,
+                    )
             if args.only in (None, "many"):
-                bench_many(bench, args.objects, rounds=args.rounds)
+                bench_many(
+                    bench,
+                    args.objects,
+                    rounds=args.rounds,
+                    latency_ms=args.latency_ms,
+                    service_latency_ms=args.service_latency_ms,
+                )
         finally:
             bench.close()
     return 0

@@ -47,10 +47,19 @@ class AwsConfig:
 
     region: str = "eu-west-2"
     endpoint_url: str | None = None
+    # S3 alone elsewhere (AWS_ENDPOINT_URL_S3, as botocore reads it): another S3 server
+    # beside the emulator of the other services, or a relay in front of S3 in benchmarks.
+    s3_endpoint_url: str | None = None
     max_pool_connections: int = 32
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 4
+
+    def endpoint_for(self, service: str) -> str | None:
+        """The endpoint URL clients of ``service`` use (``None``: AWS's own)."""
+        if service == "s3" and self.s3_endpoint_url:
+            return self.s3_endpoint_url
+        return self.endpoint_url
 
     def botocore_config(self) -> Config:
         """One botocore config for every client: standard retries, timeouts, pool size.
@@ -102,7 +111,7 @@ class AwsClients:
         if role_arn is None:
             return self.session.client(
                 "s3",
-                endpoint_url=self.config.endpoint_url,
+                endpoint_url=self.config.endpoint_for("s3"),
                 aws_access_key_id=credentials["AccessKeyId"],
                 aws_secret_access_key=credentials["SecretAccessKey"],
                 aws_session_token=credentials["SessionToken"],
@@ -112,7 +121,7 @@ class AwsClients:
             credentials, role_arn=role_arn, session_name=session_name, duration_seconds=duration_seconds
         )
         client: S3Client = session.client(
-            "s3", endpoint_url=self.config.endpoint_url, config=self.config.botocore_config()
+            "s3", endpoint_url=self.config.endpoint_for("s3"), config=self.config.botocore_config()
         )
         return client
 
@@ -260,7 +269,7 @@ def build_clients(config: AwsConfig, *, session: boto3.session.Session | None = 
     def make(service: str) -> Any:
         return session.client(
             service,  # type: ignore[call-overload]
-            endpoint_url=config.endpoint_url,
+            endpoint_url=config.endpoint_for(service),
             config=botocore_config,
         )
 

@@ -25,6 +25,7 @@ from pydantic import BeforeValidator, Field, ValidationError, create_model, mode
 
 from egress.aws import AwsConfig
 from egress.settings_schema import (
+    GetStrategy,
     HostName,
     Loc,
     LogFormat,
@@ -69,6 +70,7 @@ OPERATOR_VARIABLES: Final = (
 _AWS_STANDARD: Final[tuple[tuple[str, Loc], ...]] = (
     ("AWS_REGION", ("aws", "region")),
     ("AWS_ENDPOINT_URL", ("aws", "endpoint_url")),
+    ("AWS_ENDPOINT_URL_S3", ("aws", "s3_endpoint_url")),
 )
 
 # Ranges of the AWS client settings (the fields themselves are AwsConfig's, whatever it grows).
@@ -136,11 +138,20 @@ class WorkerSettings(SettingsModel):
     sft_root: PathValue = Path("/data-egress")
     flag_name: Annotated[str, BeforeValidator(_file_name)] = "pipeline_success.flag"
     concurrency: int = Field(default=4, ge=1, le=64)
-    object_concurrency: int = Field(default=8, ge=1, le=64)
+    # Objects in flight across the worker: as many as this for small ones and server-side
+    # copies (bound by round trips, not bytes); streams of large objects as few as the
+    # memory budget holds (each takes its bytes from it before it starts).
+    object_concurrency: int = Field(default=32, ge=1, le=128)
     memory_budget_mb: int = Field(default=160, ge=16)
     part_size_mb: int = Field(default=16, ge=5, le=5 * 1024)  # S3's part size limits
     parts_in_flight: int = Field(default=4, ge=1, le=32)
     chunk_size_kb: int = Field(default=1024, ge=1, le=64 * 1024)
+    # How large objects are read: "ranged" (parallel ranged GETs, reassembled in order:
+    # S3 serves each stream at ~90 MB/s) or "single" (one streaming GET: an emulator that
+    # reads the whole object on every ranged GET, such as moto).
+    get_strategy: GetStrategy = "ranged"
+    range_size_mb: int = Field(default=8, ge=1, le=1024)
+    ranges_in_flight: int = Field(default=8, ge=1, le=64)
     metrics_port: Port = 9090
     metrics_host: HostName = "0.0.0.0"  # noqa: S104 - ECS health checks and Prometheus scrape it
     # Under 2 minutes: ECS stops a task 30 s after SIGTERM unless told to wait longer.
@@ -172,9 +183,10 @@ class WorkerSettings(SettingsModel):
         if not isinstance(data, Mapping) or not isinstance(data.get("aws") or {}, Mapping):
             return data
         aws = dict(data.get("aws") or {})
-        concurrency = data.get("concurrency", 4)
-        if "max_pool_connections" not in aws and type(concurrency) is int:
-            aws["max_pool_connections"] = max(10, concurrency * 8)
+        concurrency, objects = data.get("concurrency", 4), data.get("object_concurrency", 32)
+        if "max_pool_connections" not in aws and type(concurrency) is int and type(objects) is int:
+            # Each object in flight holds a connection, a streamed one a few more (its parts).
+            aws["max_pool_connections"] = max(10, concurrency * 8, objects * 2)
         return {**data, "aws": aws}
 
     @model_validator(mode="after")

@@ -215,6 +215,7 @@ TopicArn = Annotated[str, BeforeValidator(_topic_arn)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 HostName = Annotated[str, Field(min_length=1)]
 LogFormat = Literal["json", "console"]
+GetStrategy = Annotated[Literal["ranged", "single"], BeforeValidator(_lower)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from egress.aws import AwsConfig
+from egress.aws import AwsConfig, build_clients, emulator_session
 from egress.settings import (
     OPERATOR_VARIABLES,
     AwsSettings,
@@ -128,6 +128,8 @@ SAMPLE_ENVIRONMENT = {
     "EGRESS_KEY_CACHE_SECONDS": "60", "EGRESS_AWS_REGION": "us-east-2", "EGRESS_AWS_ENDPOINT_URL": "http://e",
     "EGRESS_AWS_MAX_POOL_CONNECTIONS": "12", "EGRESS_AWS_CONNECT_TIMEOUT": "2.5",
     "EGRESS_AWS_READ_TIMEOUT": "30", "EGRESS_AWS_MAX_ATTEMPTS": "7",
+    "EGRESS_AWS_S3_ENDPOINT_URL": "http://s3", "EGRESS_GET_STRATEGY": "single", "EGRESS_RANGE_SIZE_MB": "4",
+    "EGRESS_RANGES_IN_FLIGHT": "3",
 }  # fmt: skip
 
 
@@ -211,3 +213,34 @@ def test_the_lease_follows_the_visibility_timeout_unless_set() -> None:
         }
     )
     assert settings.ledger_lease == 90
+
+
+def test_s3_alone_can_have_its_own_endpoint() -> None:
+    """AWS_ENDPOINT_URL_S3, as botocore reads it: another S3 server beside the emulator of the rest."""
+    settings = load_settings(
+        environ={
+            "EGRESS_QUEUE_URL": "q",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+            "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:4568",
+        }
+    )
+    clients = build_clients(settings.aws, session=emulator_session(settings.aws.region))
+    assert clients.s3.meta.endpoint_url == "http://127.0.0.1:4568"
+    assert clients.sqs.meta.endpoint_url == "http://127.0.0.1:5000"
+    assert clients.dynamodb.meta.endpoint_url == "http://127.0.0.1:5000"
+    role_s3 = clients.s3_for_role({"AccessKeyId": "a", "SecretAccessKey": "b", "SessionToken": "c"})
+    assert role_s3.meta.endpoint_url == "http://127.0.0.1:4568"
+
+
+@pytest.mark.parametrize(
+    ("environ", "pool"),
+    [
+        ({}, 64),  # 32 objects in flight by default
+        ({"EGRESS_CONCURRENCY": "12"}, 96),
+        ({"EGRESS_OBJECT_CONCURRENCY": "100"}, 200),
+        ({"EGRESS_OBJECT_CONCURRENCY": "100", "EGRESS_AWS_MAX_POOL_CONNECTIONS": "20"}, 20),
+    ],
+)
+def test_the_connection_pool_follows_what_is_in_flight(environ: dict[str, str], pool: int) -> None:
+    settings = load_settings(environ={"EGRESS_QUEUE_URL": "q", **environ})
+    assert settings.aws.max_pool_connections == pool
