@@ -50,6 +50,7 @@ from egress.plan import (
     name_items,
     plan_route,
 )
+from egress.ranged import GetConfig
 from egress.route_policy import ObjectFilter
 from egress.routing import Route, RouteMatch
 from egress.sources import SourceObject, list_objects
@@ -230,6 +231,11 @@ class RouteDelivery:
             budget=budget,
             chunk_size=settings.chunk_size,
             per_object_cost=transfer.upload_memory_bytes + settings.chunk_size * 4,
+            gets=GetConfig(
+                strategy=settings.get_strategy,
+                range_size=settings.range_size,
+                ranges_in_flight=settings.ranges_in_flight,
+            ),
         )
 
     def deliver(

@@ -64,7 +64,7 @@ OPERATOR_VARIABLES: Final = (
     "EGRESS_LEDGER_LEASE_SECONDS", "EGRESS_RETRY_ATTEMPTS", "EGRESS_BACKOFF_BASE_SECONDS",
     "EGRESS_BACKOFF_MAX_SECONDS", "EGRESS_FREE_SPACE_MARGIN_MB", "EGRESS_COPY_THRESHOLD_MB",
     "EGRESS_KEY_CACHE_SECONDS", "EGRESS_EVENTS_TOPIC_ARN", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
 )  # fmt: skip
 # The standard AWS variables, in rising precedence; EGRESS_AWS_* win over them.
 _AWS_STANDARD: Final[tuple[tuple[str, Loc], ...]] = (
@@ -221,6 +221,11 @@ class WorkerSettings(SettingsModel):
         return self.part_size_mb * MIB
 
     @property
+    def range_size(self) -> int:
+        """Ranged GET size in bytes."""
+        return self.range_size_mb * MIB
+
+    @property
     def chunk_size(self) -> int:
         """Bytes read from a stream at a time."""
         return self.chunk_size_kb * 1024
@@ -228,7 +233,8 @@ class WorkerSettings(SettingsModel):
     def memory_budget(self) -> int:
         """Bytes all streams of the worker may hold at once (a budget they acquire from).
 
-        One streamed object holds at most ``part_size × (parts_in_flight + 1) + 4 × chunk``;
+        One streamed object holds at most ``part_size × (parts_in_flight + 1) + 4 × chunk``,
+        plus ``ranges_in_flight × range_size`` when it is read in ranges;
         objects wait for the budget, so the total stays below ``memory_budget_mb`` whatever
         the object sizes and the concurrency. Server-side copies hold no object bytes.
         """

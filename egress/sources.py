@@ -1,8 +1,12 @@
-"""The source bucket: listing the objects a flag covers, streaming them, and the small reads format detection makes."""
+"""The source bucket: listing the objects a flag covers, streaming them, and the small reads format detection makes.
+
+A large object is streamed as parallel ranged GETs when the :class:`~egress.ranged.GetConfig`
+says so (:mod:`egress.ranged`); the caller sees the same :class:`OpenedObject` either way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from egress.errors import EgressError, Reason, translate_client_error
+from egress.ranged import SINGLE_GET, GetConfig, open_ranged
 from egress.streams import Chunks
 
 if TYPE_CHECKING:
@@ -31,15 +36,30 @@ class SourceObject:
         return f"s3://{self.bucket}/{self.key}"
 
 
+def _nothing_to_release() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class OpenedObject:
-    """A streaming GET: the object's metadata and its body as chunks."""
+    """A streaming GET (or ranged GETs): the object's metadata and its body as chunks.
+
+    :meth:`close` lets go of the body's connections whether or not it was read.
+    """
 
     size: int
     metadata: Mapping[str, str]
     content_type: str | None
     chunks: Chunks
     extra: Mapping[str, Any] = field(default_factory=dict)
+    release: Callable[[], None] = field(default=_nothing_to_release, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Stop reading: outstanding GETs are cancelled and their connections released. Idempotent."""
+        close = getattr(self.chunks, "close", None)
+        if callable(close):
+            close()
+        self.release()
 
 
 def is_flag_or_marker(key: str, *, flag_name: str) -> bool:
@@ -67,8 +87,17 @@ def list_objects(s3: S3Client, *, bucket: str, prefix: str, flag_name: str) -> I
         raise translate_client_error(exc, doing=f"listing s3://{bucket}/{prefix}") from exc
 
 
-def open_object(s3: S3Client, obj: SourceObject, *, chunk_size: int) -> OpenedObject:
-    """Start a streaming GET of ``obj``; the body is read lazily in ``chunk_size`` pieces."""
+def open_object(
+    s3: S3Client, obj: SourceObject, *, chunk_size: int, gets: GetConfig = SINGLE_GET
+) -> OpenedObject:
+    """Start reading ``obj``; the body is read lazily in pieces of at most ``chunk_size``.
+
+    One streaming GET, unless ``gets`` reads an object of this size in ranges: then the
+    first range's GET is made here and the others as the chunks are iterated.
+    """
+    if gets.uses_ranges(obj.size):
+        reader = open_ranged(s3, bucket=obj.bucket, key=obj.key, config=gets, chunk_size=chunk_size)
+        return _opened(reader.first, size=reader.size, chunks=reader.chunks(), release=reader.close)
     doing = f"reading {obj.uri}"
     try:
         response = s3.get_object(Bucket=obj.bucket, Key=obj.key)
@@ -86,11 +115,20 @@ def open_object(s3: S3Client, obj: SourceObject, *, chunk_size: int) -> OpenedOb
         finally:
             body.close()
 
+    size = int(response.get("ContentLength", obj.size))
+    return _opened(response, size=size, chunks=chunks(), release=body.close)
+
+
+def _opened(
+    response: Mapping[str, Any], *, size: int, chunks: Chunks, release: Callable[[], None]
+) -> OpenedObject:
+    """What a GET's answer says of the object (size, user metadata, content type), with its body."""
     return OpenedObject(
-        size=int(response.get("ContentLength", obj.size)),
+        size=size,
         metadata={k.lower(): v for k, v in response.get("Metadata", {}).items()},
         content_type=response.get("ContentType"),
-        chunks=chunks(),
+        chunks=chunks,
+        release=release,
     )
 
 

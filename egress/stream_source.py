@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from egress.errors import StopRequested
+from egress.ranged import SINGLE_GET, GetConfig
 from egress.routing import Route
 from egress.sources import OpenedObject, SourceObject, object_exists, open_object, read_head
 from egress.streams import Chunks
@@ -95,7 +96,9 @@ class StreamSource:
     """GET → decrypt → compress for one object, within the worker's byte budget.
 
     ``per_object_cost`` is the most one stream holds (its parts in flight and the chunks
-    of its stages); a small object takes only its own size and a chunk.
+    of its stages); a small object takes only its own size and a chunk. An object read in
+    ranges (``gets``) takes its range buffers on top (:meth:`GetConfig.buffer_bytes`),
+    in the same acquisition.
     """
 
     s3: S3Client
@@ -103,26 +106,38 @@ class StreamSource:
     budget: ByteBudget
     chunk_size: int
     per_object_cost: int
+    gets: GetConfig = SINGLE_GET
+
+    def cost(self, source: SourceObject) -> int:
+        """The bytes ``source``'s stream takes from the budget (fewer if the budget is smaller)."""
+        return min(source.size + self.chunk_size, self.per_object_cost) + self.gets.buffer_bytes(source.size)
 
     @contextmanager
     def open(self, source: SourceObject, route: Route, *, cancel: threading.Event) -> Iterator[Stream]:
-        """The opened object and its body as the route wants it delivered; the budget is held until exit."""
-        taken = self.budget.acquire(min(source.size + self.chunk_size, self.per_object_cost), cancel=cancel)
+        """The opened object and its body as the route wants it delivered.
+
+        The budget is held, and the GETs' connections, until exit; whatever of the body
+        was not read by then is cancelled.
+        """
+        taken = self.budget.acquire(self.cost(source), cancel=cancel)
         try:
-            opened = open_object(self.s3, source, chunk_size=self.chunk_size)
-            chunks: Chunks = guard(opened.chunks, cancel)
-            encryption = None
-            if route.decrypt:
-                decrypted = self.decryptor.open(
-                    source=source.uri,
-                    metadata=opened.metadata,
-                    chunks=chunks,
-                    size=opened.size,
-                    instruction_file_exists=SourceProbe(self.s3, source).instruction_file_exists,
-                )
-                chunks, encryption = decrypted.chunks, decrypted.format.value
-            if route.compress:
-                chunks = compress(chunks, fmt=route.compress_fmt or "gz")
-            yield Stream(opened, chunks, encryption)
+            opened = open_object(self.s3, source, chunk_size=self.chunk_size, gets=self.gets)
+            try:
+                chunks: Chunks = guard(opened.chunks, cancel)
+                encryption = None
+                if route.decrypt:
+                    decrypted = self.decryptor.open(
+                        source=source.uri,
+                        metadata=opened.metadata,
+                        chunks=chunks,
+                        size=opened.size,
+                        instruction_file_exists=SourceProbe(self.s3, source).instruction_file_exists,
+                    )
+                    chunks, encryption = decrypted.chunks, decrypted.format.value
+                if route.compress:
+                    chunks = compress(chunks, fmt=route.compress_fmt or "gz")
+                yield Stream(opened, chunks, encryption)
+            finally:
+                opened.close()
         finally:
             self.budget.release(taken)

@@ -306,6 +306,8 @@ class LocalStack:
                 "EGRESS_LOG_FORMAT": "console",
                 "EGRESS_SHUTDOWN_GRACE_SECONDS": str(max(1.0, options.stop_grace - 5)),
                 "EGRESS_WAIT_TIME_SECONDS": "5",
+                # moto reads the whole object for every ranged GET: one GET per object.
+                "EGRESS_GET_STRATEGY": "single",
             }
             self.children.append(
                 Child(

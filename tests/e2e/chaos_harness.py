@@ -403,6 +403,7 @@ def worker_daemon(stack: Stack, log_path: Path, *, name: str, **overrides: str) 
         EGRESS_METRICS_HOST="127.0.0.1",
         EGRESS_LOG_FORMAT="json",
         EGRESS_WAIT_TIME_SECONDS="1",
+        EGRESS_GET_STRATEGY="single",  # moto reads a whole object on every ranged GET
         EGRESS_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_SECONDS),
         EGRESS_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
         EGRESS_BACKOFF_BASE_SECONDS="1",

@@ -240,6 +240,8 @@ def start_worker(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., WorkerP
             "EGRESS_ROUTE_CACHE_SECONDS": "1",
             "EGRESS_PART_SIZE_MB": "5",
             "EGRESS_FREE_SPACE_MARGIN_MB": "1",
+            # moto reads a whole object on every ranged GET (the local stack sets the same).
+            "EGRESS_GET_STRATEGY": "single",
             **overrides,
         }
         with log_path.open("wb") as log_file:

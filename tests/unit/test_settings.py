@@ -110,7 +110,7 @@ def test_every_declared_field_has_an_environment_variable() -> None:
             assert (name,) in paths, f"{name} has no environment variable"
     assert set(AwsSettings.model_fields) == set(AwsConfig.__dataclass_fields__)
     assert all(name == "EGRESS_" + "_".join(map(str, path)).upper() for name, path in variables.items())
-    standard = {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"}
+    standard = {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"}
     assert set(OPERATOR_VARIABLES) - standard <= set(variables), "a variable operators set is no longer read"
 
 
