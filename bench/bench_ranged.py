@@ -224,6 +224,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate-mbps", type=float, default=90.0, help="cap per connection (MB/s)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each S3 request by the relay")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="s3rver processes over the same folder, connections spread over them (one is single-threaded)",
+    )
     args = parser.parse_args()
     need("aws", "the aws CLI v1: pip install awscli")
     s3rver_script()
@@ -233,14 +239,20 @@ def main() -> int:
         processes: list[subprocess.Popen[bytes]] = []
         bench = Bench(workdir)
         try:
-            s3rver, endpoint = start_s3rver(workdir / "s3rver")
-            processes.append(s3rver)
-            relay_process, relay = start_relay(endpoint, latency_ms=args.latency_ms, rate_mbps=args.rate_mbps)
+            endpoints = []
+            for _ in range(args.servers):
+                s3rver, endpoint = start_s3rver(workdir / "s3rver")
+                processes.append(s3rver)
+                endpoints.append(endpoint)
+            endpoint = endpoints[0]
+            relay_process, relay = start_relay(
+                ",".join(endpoints), latency_ms=args.latency_ms, rate_mbps=args.rate_mbps
+            )
             processes.append(relay_process)
             direct = s3_client(endpoint)
             direct.create_bucket(Bucket="src")
             print(
-                f"s3rver {S3RVER_VERSION} at {endpoint}, behind a relay at {relay} capping each connection "
+                f"s3rver {S3RVER_VERSION} × {args.servers} at {', '.join(endpoints)} (one folder), behind a relay at {relay} capping each connection "
                 f"at {args.rate_mbps:g} MB/s (+{args.latency_ms:g} ms a request); SQS, DynamoDB, KMS on moto "
                 f"{bench.endpoint}; CPU count {os.cpu_count()}",
                 flush=True,
