@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import secrets
@@ -42,6 +41,7 @@ import structlog
 from egress.destinations.base import Delivered, close_abandoned, raise_if_cancelled
 from egress.errors import EgressError, PermanentError, Reason, RetryableError
 from egress.kernel.fsutil import WritebackSyncer, fsync_dir
+from egress.kernel.hashing import StreamHasher
 from egress.kernel.tempnames import temp_name
 from egress.names import AGENT_SKIPPED_SUFFIXES, sft_path_problem
 
@@ -58,6 +58,7 @@ _OWNED_TEMP_NAME = re.compile(r"^\..+\.([0-9a-f]{8})-[0-9a-f]{12}\.part$", re.DO
 OWNERS_FOLDER = ".egress/owners"
 _TOKEN_BYTES = 6  # 12 hex characters: collisions between concurrent writers are negligible
 WRITEBACK_EVERY = 16 * MIB  # a file being written is flushed to disk in the background this often
+HASH_THREAD_FROM = 8 * MIB  # files larger than this are hashed on a thread beside the writer
 
 
 class SftDestination:
@@ -155,7 +156,7 @@ class SftDestination:
         # The folders exist now: check again that none of them is a link out of the root.
         self.resolve(relative)
         temp = folder / temp_name(final.name, token=f"{self.owners.owner}-{secrets.token_hex(_TOKEN_BYTES)}")
-        sha = hashlib.sha256()
+        sha = StreamHasher(threshold=HASH_THREAD_FROM)
         size = 0
         with _translated(f"creating a temp file for {relative!r}"):
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
@@ -180,17 +181,19 @@ class SftDestination:
                 if syncer is not None:
                     syncer.stop()  # before the descriptor is closed
                 os.close(fd)
+            digest = sha.hexdigest()
             if before_commit is not None:
-                before_commit(temp.name, size, sha.hexdigest())
+                before_commit(temp.name, size, digest)
             with _translated(f"renaming {temp.name!r} to {relative!r}"):
                 os.replace(temp, final)
         except BaseException:
+            sha.stop()
             close_abandoned(chunks)
             _remove(temp)
             raise
         if self.fsync:
             self._sync_folder(folder)
-        return Delivered(name=relative, size=size, sha256=sha.hexdigest())
+        return Delivered(name=relative, size=size, sha256=digest)
 
     def write_bytes(
         self, relative: str, data: bytes, *, before_commit: Callable[[str, int, str], None] | None = None
