@@ -42,6 +42,8 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/bench_worker.py
+	$(PY) bench/bench_worker.py --only many --objects 500 --latency-ms 40
+	$(PY) bench/bench_ranged.py
 	$(PY) bench/bench_sft_push.py
 	$(PY) bench/bench_esdk_read.py
 	$(PY) bench/bench_esdk_nonframed.py

@@ -19,7 +19,7 @@ The downloads must be byte-identical, and so must the workers' deliveries (SHA-2
 the timing).
 MB = 10^6 bytes. Usage: ``python bench/bench_ranged.py [--size-mib 1024] [--rounds 3]
 [--rate-mbps 90] [--latency-ms 0]``; needs Node.js with npm and the aws CLI
-(``pip install awscli``).
+(in an environment of its own, as it pins botocore: ``pipx install awscli``).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class Run:
         """``aws s3 cp`` to a file: its seconds, and with an fsync of the file added."""
         target = self.bench.workdir / f"peer-{round_number}.bin"
         env = {**self.bench.env, **S3RVER_KEYS, "AWS_DEFAULT_REGION": REGION}
-        aws = need("aws", "the aws CLI v1: pip install awscli")
+        aws = need("aws", "the aws CLI, in an environment of its own (it pins botocore): pipx install awscli")
         started = time.monotonic()
         subprocess.run(
             [
@@ -231,7 +231,7 @@ def main() -> int:
         help="s3rver processes over the same folder, connections spread over them (one is single-threaded)",
     )
     args = parser.parse_args()
-    need("aws", "the aws CLI v1: pip install awscli")
+    need("aws", "the aws CLI, in an environment of its own (it pins botocore): pipx install awscli")
     s3rver_script()
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="egress-bench-ranged-") as tmp:

@@ -17,6 +17,7 @@ MB = 10^6 bytes. Usage: ``python bench/bench_worker.py [--size-mib 1024] [--obje
 [--latency-ms 40]``. ``BENCH_PYSPY=DIR`` samples the worker with py-spy during the
 many-objects rounds (collapsed stacks in DIR).
 """
+
 from __future__ import annotations
 
 import argparse
