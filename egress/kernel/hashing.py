@@ -1,8 +1,9 @@
-"""SHA-256 of a stream on a thread of its own, beside the thread that decrypts and writes it.
+"""A stream's digest on a thread of its own, beside the thread that decrypts and writes it.
 
 SHA-256 is the costliest step of decrypt → SFT on one core (1.57 GB/s against AES-CTR's
-6.6 GB/s, MEASURED.md). hashlib releases the GIL while it hashes a large buffer, so a
-second thread can hash chunk *n* while the writer decrypts and writes chunk *n + 1*.
+6.6 GB/s, MEASURED.md), and a signed Encryption SDK message adds SHA-384 over all of it.
+hashlib releases the GIL while it hashes a large buffer, so a second thread can hash
+chunk *n* while the writer decrypts and writes chunk *n + 1*.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ _DONE: Final = b""
 
 
 class StreamHasher:
-    """The SHA-256 of the chunks given to :meth:`update`, computed inline or on a thread.
+    """The digest (hashlib's ``algorithm``, SHA-256 by default) of the chunks given to
+    :meth:`update`, computed inline or on a thread.
 
     Below ``threshold`` bytes every chunk is hashed inline (a thread costs more than a
     small file's hash); from then on chunks are queued to a hashing thread, at most
@@ -28,8 +30,8 @@ class StreamHasher:
     abandoned write) and is safe to call more than once.
     """
 
-    def __init__(self, *, threshold: int, depth: int = 4) -> None:
-        self._sha = hashlib.sha256()
+    def __init__(self, *, threshold: int, depth: int = 4, algorithm: str = "sha256") -> None:
+        self._sha = hashlib.new(algorithm)
         self._threshold = threshold
         self._seen = 0
         self._queue: queue.Queue[bytes | memoryview] = queue.Queue(maxsize=depth)
@@ -45,14 +47,21 @@ class StreamHasher:
             if self._seen <= self._threshold:
                 self._sha.update(chunk)
                 return
-            self._thread = threading.Thread(target=self._hash_loop, name="sha256", daemon=True)
+            self._thread = threading.Thread(
+                target=self._hash_loop, name=f"digest-{self._sha.name}", daemon=True
+            )
             self._thread.start()
         self._queue.put(chunk)
 
     def hexdigest(self) -> str:
-        """The digest of everything given to :meth:`update`."""
+        """The digest of everything given to :meth:`update`, in hex."""
         self._finish()
         return self._sha.hexdigest()
+
+    def digest(self) -> bytes:
+        """The digest of everything given to :meth:`update`."""
+        self._finish()
+        return self._sha.digest()
 
     def stop(self) -> None:
         """End the hashing thread without a digest (idempotent, never raises)."""

@@ -35,6 +35,7 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from egress.kernel.hashing import StreamHasher
 from egress.streams import ChunkReader
 
 if TYPE_CHECKING:
@@ -226,20 +227,81 @@ def esdk_plaintext(
     plaintext is held back until the message has been read to its end.
     """
     source = iter(chunks)
-    reader = ChunkReader(source)
+    header_chunks: list[bytes] = []
+    reader = ChunkReader(_recorded(source, header_chunks))
     stream = client.stream(mode="d", source=reader, materials_manager=materials)
+    digest: StreamHasher | None = None
     try:
         stream.header  # noqa: B018 - reads the header: data key, commitment, header auth, verifier
         # ``reader`` reads from one chunk at a time and the library exactly as far as the
         # header (no read-ahead): the rest of the reader's chunk, then ``source``, is the body.
-        body = itertools.chain((reader.read(sys.maxsize),), source)
+        rest = reader.read(sys.maxsize)
+        if stream.verifier is not None:
+            digest = _digest_beside(stream.verifier, _header_bytes(header_chunks, len(rest)))
+        header_chunks.clear()
+        body = itertools.chain((rest,), source)
         yield from _EsdkBody(stream, body, chunk_size=chunk_size).plaintext()
     finally:
+        if digest is not None:
+            digest.stop()
         # The library's close() refuses a stream whose footer it did not read (and says so
         # from the garbage collector): a failed or abandoned message is closed here.
         io.IOBase.close(stream)
 
 
+def _recorded(chunks: Iterator[bytes], into: list[bytes]) -> Iterator[bytes]:
+    """``chunks`` as they are, each also kept in ``into`` (the ones the header is read from)."""
+    for chunk in chunks:
+        into.append(chunk)
+        yield chunk
+
+
+def _header_bytes(chunks: list[bytes], unread: int) -> list[memoryview]:
+    """What the library read of ``chunks``: all of them but the last ``unread`` bytes."""
+    views = [memoryview(chunk) for chunk in chunks]
+    if unread:
+        views[-1] = views[-1][: len(views[-1]) - unread]
+    return views
+
+
+class _HashOnThread:
+    """Stands in for the verifier's ``cryptography`` hash: the same digest from hashlib, on a thread.
+
+    ``cryptography`` 48 holds the GIL while it hashes (and ``amazon-s3-encryption-client``
+    pins it below 49): a signed suite's SHA-384 over the whole message then runs on the
+    thread that decrypts. hashlib lets it run beside.
+    """
+
+    def __init__(self, hasher: StreamHasher) -> None:
+        self._hasher = hasher
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+
+    def finalize(self) -> bytes:
+        return self._hasher.digest()
+
+
+def _digest_beside(verifier: Any, header: list[memoryview]) -> StreamHasher | None:
+    """Move a signed message's digest to a thread, if the library's hash so far is what we think it is.
+
+    The library has fed its verifier every byte it read (the header, its tag, a
+    non-framed body's IV and length). The same bytes through hashlib must give the same
+    digest, or the verifier is left as the library built it (a library that feeds it
+    differently costs speed, never a check).
+    """
+    algorithm = verifier.algorithm.signing_hash_type()
+    hasher = StreamHasher(threshold=_DIGEST_THREAD_FROM, algorithm=algorithm.name)
+    for piece in header:
+        hasher.update(piece)
+    library = verifier._hasher.copy().finalize()  # noqa: SLF001 - checked just below
+    if hasher.digest() != library:
+        return None
+    verifier._hasher = _HashOnThread(hasher)  # noqa: SLF001 - the library's verify() reads it
+    return hasher
+
+
+_DIGEST_THREAD_FROM = 8 * 1024 * 1024  # a signed message's digest moves to a thread beyond this
 _U32 = struct.Struct(">I")
 _FINAL_FRAME_MARK = SequenceIdentifier.SEQUENCE_NUMBER_END.value
 _TAG_LENGTH = 16

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import threading
 from unittest import mock
 
 import aws_encryption_sdk
@@ -329,3 +330,46 @@ def test_a_message_cut_short_anywhere_or_followed_by_bytes_is_refused(
         assert library(message + extra) in (None, data)
         _, error = ours(message + extra, in_chunk=rng.choice([5, 4096]), chunk_size=4096)
         assert isinstance(error, EsdkBodyError) and "after the end" in str(error), repr(error)
+
+
+SIGNING_SUITES = [suite for suite in SUITES if suite.is_signing()]
+
+
+@pytest.mark.parametrize("suite", SIGNING_SUITES, ids=lambda suite: suite.name)
+@pytest.mark.parametrize("frame_length", [0, 128], ids=["non-framed", "frame128"])
+def test_the_signature_digest_on_a_thread_refuses_what_the_library_refuses(
+    suite: AlgorithmSuite, frame_length: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large signed message's digest runs on a thread (hashlib): as strict as the library's own."""
+    monkeypatch.setattr("egress.transforms.esdk._DIGEST_THREAD_FROM", 0)  # every message, every byte
+    rng = random.Random(f"digest-thread-{suite.name}-{frame_length}")
+    data = rng.randbytes(_body(frame_length))
+    message = encrypt(data, suite=suite, frame_length=frame_length)
+    handed, error = ours(message, in_chunk=rng.choice([7, 300, 4096]), chunk_size=256)
+    assert error is None and b"".join(handed) == data
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("digest-")]
+    for position, where in targets(message, rng):
+        tampered = bytearray(message)
+        tampered[position] ^= 1 << rng.randrange(8)
+        expected = library(bytes(tampered))
+        handed, error = ours(bytes(tampered), in_chunk=rng.choice([5, 64, 4096]), chunk_size=256)
+        if expected is None:
+            assert error is not None, (
+                f"a flip in {where} (byte {position}): the library refuses it, we did not"
+            )
+        else:
+            assert error is None and b"".join(handed) == expected, where
+
+
+def test_a_large_signed_message_is_read_with_its_digest_on_a_thread() -> None:
+    """Past the threshold (8 MiB) for real: accepted whole, refused for one flipped bit near the end."""
+    suite = AlgorithmSuite.AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384
+    data = random.Random("large-signed").randbytes(9 * MIB + 5)
+    message = encrypt(data, suite=suite, frame_length=4096)
+    handed, error = ours(message, in_chunk=MIB, chunk_size=MIB)
+    assert error is None and b"".join(handed) == data
+    for position in (len(message) - 1, len(message) - 200, len(message) // 2):
+        tampered = bytearray(message)
+        tampered[position] ^= 0x10
+        _, error = ours(bytes(tampered), in_chunk=MIB, chunk_size=MIB)
+        assert error is not None, position
