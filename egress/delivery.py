@@ -230,7 +230,8 @@ class RouteDelivery:
             decryptor=decryptor,
             budget=budget,
             chunk_size=settings.chunk_size,
-            per_object_cost=transfer.upload_memory_bytes + settings.chunk_size * 4,
+            # The stages' chunks, and those queued to the digests on threads (two each).
+            per_object_cost=transfer.upload_memory_bytes + settings.chunk_size * 8,
             gets=GetConfig(
                 strategy=settings.get_strategy,
                 range_size=settings.range_size,

@@ -30,7 +30,7 @@ class StreamHasher:
     abandoned write) and is safe to call more than once.
     """
 
-    def __init__(self, *, threshold: int, depth: int = 4, algorithm: str = "sha256") -> None:
+    def __init__(self, *, threshold: int, depth: int = 2, algorithm: str = "sha256") -> None:
         self._sha = hashlib.new(algorithm)
         self._threshold = threshold
         self._seen = 0

@@ -291,7 +291,8 @@ def _digest_beside(verifier: Any, header: list[memoryview]) -> StreamHasher | No
     differently costs speed, never a check).
     """
     algorithm = verifier.algorithm.signing_hash_type()
-    hasher = StreamHasher(threshold=_DIGEST_THREAD_FROM, algorithm=algorithm.name)
+    # depth 2: two chunks queued and one being hashed, beyond those the reader holds.
+    hasher = StreamHasher(threshold=_DIGEST_THREAD_FROM, depth=2, algorithm=algorithm.name)
     for piece in header:
         hasher.update(piece)
     library = verifier._hasher.copy().finalize()  # noqa: SLF001 - checked just below

@@ -169,7 +169,9 @@ def test_memory_stays_a_few_chunks_whatever_the_body_length(frame_length: int) -
     finally:
         tracemalloc.stop()
     assert digest.digest() == hashlib.sha256(data).digest()
-    assert peak < 12 * MIB, f"peak {peak / MIB:.1f} MiB for a {size // MIB} MiB body"
+    # A few chunks: the reader's (9 MiB measured), and up to three more a large signed
+    # message's digest thread holds (two queued, one being hashed).
+    assert peak < 13 * MIB, f"peak {peak / MIB:.1f} MiB for a {size // MIB} MiB body"
     assert first_at is not None and first_at < 4 * MIB  # streamed, not read whole first
 
 
