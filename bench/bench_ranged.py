@@ -42,8 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from bench_worker import FLAG, REGION, ROOT, Bench, cpu_seconds, free_port, peak_rss_mib, upload_encrypted
-from botocore.config import Config
+from bench_worker import (
+    FLAG,
+    REGION,
+    ROOT,
+    Bench,
+    client_config,
+    cpu_seconds,
+    free_port,
+    peak_rss_mib,
+    upload_encrypted,
+)
 from relay import start_relay
 
 from egress.kernel.s3uri import S3Uri
@@ -103,19 +112,12 @@ def start_s3rver(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def s3_client(endpoint: str) -> Any:
-    config = Config(
-        region_name=REGION,
-        max_pool_connections=32,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"addressing_style": "path"},
-    )
     session = boto3.session.Session(
         aws_access_key_id=S3RVER_KEYS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=S3RVER_KEYS["AWS_SECRET_ACCESS_KEY"],
         region_name=REGION,
     )
-    return session.client("s3", endpoint_url=endpoint, config=config)
+    return session.client("s3", endpoint_url=endpoint, config=client_config())
 
 
 def sha256_of(path: Path) -> str:

@@ -46,6 +46,17 @@ FLAG = "pipeline_success.flag"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def client_config() -> Config:
+    """The botocore config of every bench client: path-style S3, checksums only where required."""
+    return Config(
+        region_name=REGION,
+        max_pool_connections=32,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -113,13 +124,7 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
         wait_http(self.endpoint + "/moto-api/")
-        config = Config(
-            region_name=REGION,
-            max_pool_connections=32,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"},
-        )
+        config = client_config()
         session = boto3.session.Session(
             aws_access_key_id="bench", aws_secret_access_key="bench", region_name=REGION
         )

@@ -92,6 +92,11 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def http_status(exc: ClientError) -> int:
+    """The HTTP status of a ``ClientError`` (0 if none)."""
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
 def translate_client_error(exc: BaseException, *, doing: str) -> EgressError:
     """Map a botocore error raised while ``doing`` something to one of the two families.
 
@@ -100,7 +105,7 @@ def translate_client_error(exc: BaseException, *, doing: str) -> EgressError:
     """
     if isinstance(exc, ClientError):
         code = error_code(exc)
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        status = http_status(exc)
         message = str(exc.response.get("Error", {}).get("Message", ""))[:200]
         if code in _THROTTLING_CODES or status == 429:
             return RetryableError(Reason.THROTTLED, f"{doing}: throttled ({code})")

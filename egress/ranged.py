@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from egress.errors import Reason, RetryableError, error_code, translate_client_error
+from egress.errors import Reason, RetryableError, error_code, http_status, translate_client_error
 from egress.streams import Chunks
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ class RangedReader:
                 Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end - 1}", IfMatch=self._etag
             )
         except ClientError as exc:
-            if error_code(exc) == "PreconditionFailed" or _status(exc) == 412:
+            if error_code(exc) == "PreconditionFailed" or http_status(exc) == 412:
                 raise RetryableError(
                     Reason.TRANSIENT,
                     f"{self.uri} changed while it was read (its ETag is no longer {self._etag}): "
@@ -292,7 +292,3 @@ def _object_size(response: Mapping[str, Any]) -> int:
     if total.isdigit():
         return int(total)
     return int(response.get("ContentLength", 0))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
