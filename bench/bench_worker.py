@@ -14,8 +14,9 @@ default, alternating which goes first), and prints every round, the median and t
 
 MB = 10^6 bytes. Usage: ``python bench/bench_worker.py [--size-mib 1024] [--objects 1000]
 [--only decrypt|many] [--formats envelope,esdk,s3ec] [--transfers SFT,S3] [--rounds 3]
-[--latency-ms 40]``. ``BENCH_PYSPY=DIR`` samples the worker with py-spy during the
-many-objects rounds (collapsed stacks in DIR).
+[--latency-ms 40]``. ``BENCH_PYSPY=DIR`` samples the worker and the moto server with py-spy
+during each delivery (raw stacks in DIR; ``BENCH_PYSPY_GIL=1``: only the thread
+holding the GIL).
 """
 
 from __future__ import annotations
@@ -83,14 +84,16 @@ def profile_arguments(tag: int) -> list[str]:
     return ["-m", "cProfile", "-o", str(Path(folder) / f"worker-{tag}.prof")]
 
 
-def sample_worker(pid: int, name: str) -> subprocess.Popen[bytes] | None:
-    """With BENCH_PYSPY=DIR, py-spy samples every thread of the worker (collapsed stacks to DIR/name.txt)."""
+def sample_process(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With BENCH_PYSPY=DIR, py-spy samples every thread of process ``pid`` (raw stacks to DIR/name.txt)."""
     folder = os.environ.get("BENCH_PYSPY")
     if not folder:
         return None
     py_spy = shutil.which("py-spy") or "py-spy"
     out = Path(folder) / f"{name}.txt"
     command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--output", str(out)]
+    if os.environ.get("BENCH_PYSPY_GIL"):
+        command.append("--gil")  # only the thread holding the GIL: where the process's Python time goes
     return subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -358,11 +361,22 @@ def _worker_decrypt(bench: Bench, fmt: str, transfer: str, round_number: int) ->
         columns.update(destination_prefix=folder)
     bench.route(**columns)
     worker, log, _ = bench.start_worker()
+    moto_cpu, worker_cpu = cpu_seconds(bench.moto.pid), cpu_seconds(worker.pid)
+    samplers = [
+        sample_process(worker.pid, f"decrypt-{fmt}-{transfer}-{round_number}"),
+        sample_process(bench.moto.pid, f"moto-decrypt-{fmt}-{transfer}-{round_number}"),
+    ]
     started = time.monotonic()
     bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
     (line,) = bench.wait_line(log, "route_delivered", 1)
     wall = time.monotonic() - started
     rss = peak_rss_mib(worker.pid)
+    print(
+        f"     CPU s during the worker's delivery: worker {cpu_seconds(worker.pid) - worker_cpu:.2f}, "
+        f"moto {cpu_seconds(bench.moto.pid) - moto_cpu:.2f} (wall {wall:.2f})"
+    )
+    for sampler in samplers:
+        stop_sampler(sampler)
     worker.send_signal(signal.SIGTERM)
     worker.wait(60)
     if transfer == "SFT":
@@ -462,6 +476,7 @@ def bench_many(
     try:
         for round_number in range(1, rounds + 1):
             moto_cpu = cpu_seconds(bench.moto.pid)
+            moto_sampler = sample_process(bench.moto.pid, f"moto-s5cmd-{round_number}")
             started = time.monotonic()
             subprocess.run(
                 [
@@ -478,9 +493,11 @@ def bench_many(
             )
             s5_seconds = time.monotonic() - started
             s5_moto_cpu = cpu_seconds(bench.moto.pid) - moto_cpu
+            stop_sampler(moto_sampler)
             worker, log, _ = bench.start_worker(worker_env)
             moto_cpu = cpu_seconds(bench.moto.pid)
-            sampler = sample_worker(worker.pid, f"many-{round_number}")
+            sampler = sample_process(worker.pid, f"many-{round_number}")
+            moto_sampler = sample_process(bench.moto.pid, f"moto-worker-{round_number}")
             started = time.monotonic()
             # Each round is a new upload of the flag: a new delivery, recorded object by object.
             bench.s3.put_object(Bucket="src", Key=prefix + FLAG, Body=b"")
@@ -493,6 +510,7 @@ def bench_many(
                 f"   moto CPU s: during s5cmd {s5_moto_cpu:.2f}, during the worker's delivery {worker_moto_cpu:.2f}"
             )
             stop_sampler(sampler)
+            stop_sampler(moto_sampler)
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
             assert line["objects"] == count, line

@@ -475,13 +475,15 @@ class ProgressLog:
     """Object rows of one delivery, written in batches (a checkpoint every ``interval`` or ``batch``).
 
     Small objects finish by the hundred a second; one fenced transaction per object
-    would double their cost, so finished rows are collected and written together. A
-    crash loses at most the last ``interval`` of records, whose objects a resumed
-    delivery then moves again (S3 rewrites the same bytes; SFT files are never batched:
-    they are recorded before they become visible, see :meth:`record_now`).
+    would double their cost, so finished rows are collected and written together, a
+    full batch (DynamoDB's 25 a request) at a time while objects finish, the remainder
+    when ``interval`` has passed or on :meth:`flush`. A crash loses at most the last
+    ``interval`` of records, whose objects a resumed delivery then moves again (S3
+    rewrites the same bytes; SFT files are never batched: they are recorded before they
+    become visible, see :meth:`record_now`).
     """
 
-    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 0.25) -> None:
+    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 1.0) -> None:
         self._ledger = ledger
         self._key = key
         self._batch = batch
@@ -493,7 +495,7 @@ class ProgressLog:
         self._error: EgressError | None = None
 
     def add(self, item: dict[str, Any]) -> None:
-        """Queue a finished object's row; flushes when a batch is full."""
+        """Queue a finished object's row; writes the full batches when one is full."""
         self.raise_if_failed()
         with self._lock:
             self._pending.append(item)
@@ -503,7 +505,7 @@ class ProgressLog:
                 self._timer.daemon = True
                 self._timer.start()
         if full:
-            self.flush()
+            self._write(whole_batches=True)
 
     def record_now(self, items: list[dict[str, Any]]) -> None:
         """Write rows at once (an open multipart upload, an SFT file about to appear)."""
@@ -513,14 +515,24 @@ class ProgressLog:
     def flush(self) -> None:
         """Write every queued row now (raises if a background checkpoint failed)."""
         self.raise_if_failed()
+        self._write(whole_batches=False)
+
+    def _write(self, *, whole_batches: bool) -> None:
+        # Threads that found a batch full while another was writing wait here; each then
+        # takes only whole batches, so 32 finishing objects make one request, not a
+        # cascade of small ones. What is left waits for the timer or a flush.
         with self._flushing:
             with self._lock:
-                pending, self._pending = self._pending, []
-                if self._timer is not None:
+                count = len(self._pending)
+                if whole_batches:
+                    count -= count % self._batch
+                if not count:
+                    return
+                taken, self._pending = self._pending[:count], self._pending[count:]
+                if not self._pending and self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-            if pending:
-                self._ledger.record(self._key, pending)
+            self._ledger.record(self._key, taken)
 
     def close(self) -> None:
         """Stop the timer (queued rows are dropped: call :meth:`flush` first to keep them)."""

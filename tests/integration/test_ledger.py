@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -113,6 +114,47 @@ def test_progress_is_checkpointed_in_batches_and_on_a_timer(aws: AwsClients, tab
     )
     records = ledger.objects(KEY)
     assert records["out/big"].mpu_id == "u-1" and records["out/007"].size == 7
+    log.close()
+
+
+class CountingLedger(Ledger):
+    """The real ledger on the moto server, noting the size of every BatchWriteItem it sends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+        self._batches_lock = threading.Lock()
+
+    def _write_batch(self, items: list[dict[str, Any]]) -> None:
+        with self._batches_lock:
+            self.batches.append(len(items))
+        super()._write_batch(items)
+
+
+def test_objects_finishing_together_write_full_batches_not_a_cascade_of_small_ones(
+    aws: AwsClients, table: str
+) -> None:
+    # 32 copy threads finish at once: a thread that finds the batch full while another is
+    # writing must not write the few rows that arrived meanwhile as a request of their own.
+    ledger = CountingLedger(aws.dynamodb, table, owner="a")
+    ledger.begin(KEY, recipient="team", transfer_type="S3")
+    log = ProgressLog(ledger, KEY, batch=25, interval=60)
+    start = threading.Barrier(32)
+
+    def finish(thread: int) -> None:
+        start.wait()
+        for n in range(25):
+            name = f"out/{thread:02d}-{n:02d}"
+            log.add(ledger.object_item(KEY, name=name, status=DONE, source_key=name, size=n))
+
+    threads = [threading.Thread(target=finish, args=(t,)) for t in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert ledger.batches == [25] * 32  # 800 rows: 32 requests, every one full
+    log.flush()
+    assert len(ledger.objects(KEY)) == 800
     log.close()
 
 
