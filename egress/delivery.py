@@ -230,8 +230,9 @@ class RouteDelivery:
             decryptor=decryptor,
             budget=budget,
             chunk_size=settings.chunk_size,
-            # The stages' chunks, and those queued to the digests on threads (two each).
-            per_object_cost=transfer.upload_memory_bytes + settings.chunk_size * 8,
+            # The stages' chunks, and those queued to the digests on threads (two each); an
+            # S3 upload's parts come on top (Destination.write_buffer_bytes), a file's nothing.
+            per_object_cost=settings.chunk_size * 8,
             gets=GetConfig(
                 strategy=settings.get_strategy,
                 range_size=settings.range_size,
@@ -500,7 +501,9 @@ class RouteDelivery:
             return destination.copy(
                 source, name, cancel=run.cancel, journal=journal, metadata_for=metadata_for
             )
-        with self._streams.open(source, route, cancel=run.cancel) as stream:
+        with self._streams.open(
+            source, route, cancel=run.cancel, write_buffer=destination.write_buffer_bytes
+        ) as stream:
             if stream.encryption is not None:
                 journal.encryption = stream.encryption
             return destination.write(

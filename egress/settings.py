@@ -8,8 +8,8 @@ Environment variables win over the YAML file. Nothing reads ``os.environ`` after
 start-up: the settings object is passed explicitly.
 
 Worst-case memory of the data path is :meth:`WorkerSettings.memory_budget`: every
-streamed object takes ``min(size, part_size × (parts_in_flight + 1) + 8 × chunk_size)``
-from it before it starts.
+streamed object takes ``min(size + chunk_size, 8 × chunk_size)`` from it before it starts,
+plus ``part_size × (parts_in_flight + 1)`` when it is uploaded to S3.
 """
 
 from __future__ import annotations
@@ -233,9 +233,10 @@ class WorkerSettings(SettingsModel):
     def memory_budget(self) -> int:
         """Bytes all streams of the worker may hold at once (a budget they acquire from).
 
-        One streamed object holds at most ``part_size × (parts_in_flight + 1) + 8 × chunk``
-        (its stages' chunks, and those queued for the digests computed on threads),
-        plus ``ranges_in_flight × range_size`` when it is read in ranges;
+        One streamed object holds at most ``8 × chunk`` (its stages' chunks, and those
+        queued for the digests computed on threads), plus ``part_size × (parts_in_flight
+        + 1)`` when it is uploaded to S3 (nothing more for an SFT file), plus
+        ``ranges_in_flight × range_size`` when it is read in ranges;
         objects wait for the budget, so the total stays below ``memory_budget_mb`` whatever
         the object sizes and the concurrency. Server-side copies hold no object bytes.
         """

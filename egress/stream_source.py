@@ -95,10 +95,11 @@ class Stream:
 class StreamSource:
     """GET → decrypt → compress for one object, within the worker's byte budget.
 
-    ``per_object_cost`` is the most one stream holds (its parts in flight and the chunks
-    of its stages); a small object takes only its own size and a chunk. An object read in
-    ranges (``gets``) takes its range buffers on top (:meth:`GetConfig.buffer_bytes`),
-    in the same acquisition.
+    ``per_object_cost`` is the most the stages of one stream hold (their chunks, those
+    queued to digests on threads); the destination's write adds its own buffers
+    (``write_buffer``: an S3 upload's parts in flight, nothing for a file). A small object
+    takes only its own size and a chunk. An object read in ranges (``gets``) takes its
+    range buffers on top (:meth:`GetConfig.buffer_bytes`), in the same acquisition.
     """
 
     s3: S3Client
@@ -108,18 +109,21 @@ class StreamSource:
     per_object_cost: int
     gets: GetConfig = SINGLE_GET
 
-    def cost(self, source: SourceObject) -> int:
+    def cost(self, source: SourceObject, *, write_buffer: int = 0) -> int:
         """The bytes ``source``'s stream takes from the budget (fewer if the budget is smaller)."""
-        return min(source.size + self.chunk_size, self.per_object_cost) + self.gets.buffer_bytes(source.size)
+        held = min(source.size + self.chunk_size, self.per_object_cost + write_buffer)
+        return held + self.gets.buffer_bytes(source.size)
 
     @contextmanager
-    def open(self, source: SourceObject, route: Route, *, cancel: threading.Event) -> Iterator[Stream]:
+    def open(
+        self, source: SourceObject, route: Route, *, cancel: threading.Event, write_buffer: int = 0
+    ) -> Iterator[Stream]:
         """The opened object and its body as the route wants it delivered.
 
         The budget is held, and the GETs' connections, until exit; whatever of the body
         was not read by then is cancelled.
         """
-        taken = self.budget.acquire(self.cost(source), cancel=cancel)
+        taken = self.budget.acquire(self.cost(source, write_buffer=write_buffer), cancel=cancel)
         try:
             opened = open_object(self.s3, source, chunk_size=self.chunk_size, gets=self.gets)
             try:

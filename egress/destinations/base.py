@@ -95,6 +95,11 @@ class Destination(Protocol):
         """
         ...
 
+    @property
+    def write_buffer_bytes(self) -> int:
+        """Object bytes one streamed :meth:`write` holds beyond the stream's own chunks (its parts in flight)."""
+        ...
+
     def copies(self, source: SourceObject) -> bool:
         """True if ``source`` is copied inside the store, with no byte passing through the worker."""
         ...

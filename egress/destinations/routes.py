@@ -128,6 +128,11 @@ class S3RouteDestination:
             raise translate_client_error(exc, doing=f"listing open uploads of s3://{bucket}/{key}") from exc
 
     # -- writing ---------------------------------------------------------------------------
+    @property
+    def write_buffer_bytes(self) -> int:
+        """A streamed upload's parts in flight and the one being filled."""
+        return self._own.config.upload_memory_bytes
+
     def copies(self, source: SourceObject) -> bool:
         """True when the route changes nothing and writes with the worker's own credentials."""
         return self._plain_copy
@@ -286,6 +291,11 @@ class SftRouteDestination:
         return done
 
     # -- writing ---------------------------------------------------------------------------
+    @property
+    def write_buffer_bytes(self) -> int:
+        """None: each chunk goes to the file as it comes (the page cache is the kernel's, flushed every 16 MiB)."""
+        return 0
+
     def copies(self, source: SourceObject) -> bool:
         """Never: every byte is written by the worker."""
         return False

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from egress.aws import AwsClients
+from egress.destinations.routes import S3RouteDestination, SftRouteDestination
+from egress.destinations.s3 import RoleClients, S3Destination, TransferConfig
 from egress.destinations.sft import SftDestination
 from egress.devstack.encrypt import envelope_encrypt
 from egress.errors import RetryableError, StopRequested
@@ -188,3 +190,39 @@ def test_a_decrypt_route_to_sft_delivers_the_plaintext_read_in_ranges(
     assert len(ranges_asked) == -(-source.size // RANGE) and all(
         asked.startswith("bytes=") for asked in ranges_asked
     )
+
+
+def test_a_file_takes_its_chunks_from_the_budget_and_an_s3_upload_its_parts_too(
+    aws: AwsClients, tmp_path: Path
+) -> None:
+    # Large streams run as many at once as the budget holds: a file on the SFT volume holds
+    # no parts, so twenty fit in 160 MiB where one S3 upload with four 16 MiB parts in
+    # flight fills it.
+    streams = StreamSource(
+        s3=aws.s3,
+        decryptor=Decryptor(aws.kms, allowed_key_arns=[]),
+        budget=ByteBudget(160 * MIB),
+        chunk_size=MIB,
+        per_object_cost=8 * MIB,
+    )
+    upload = S3RouteDestination(
+        S3Destination(aws.s3, config=TransferConfig(part_size=16 * MIB, max_parts_in_flight=4)),
+        RoleClients(aws, session_name="test"),
+        route=Route(source_prefix="x/", pipeline_name="p", transfer_type="S3", destination_bucket="b"),
+        taken_over=False,
+    )
+    file = SftRouteDestination(SftDestination(tmp_path), folder="team", taken_over=False, receipt_grace=0)
+    large = SourceObject(bucket="b", key="x/large.bin", size=1024 * MIB)
+    small = SourceObject(bucket="b", key="x/small.bin", size=100 * KIB)
+    assert upload.write_buffer_bytes == 80 * MIB and file.write_buffer_bytes == 0
+    assert streams.cost(large, write_buffer=file.write_buffer_bytes) == 8 * MIB
+    assert streams.cost(large, write_buffer=upload.write_buffer_bytes) == 88 * MIB
+    for destination in (file, upload):  # a small object takes its size and a chunk, wherever it goes
+        assert streams.cost(small, write_buffer=destination.write_buffer_bytes) == 100 * KIB + MIB
+    stopped = threading.Event()
+    stopped.set()
+    taken = [streams.budget.acquire(streams.cost(large), cancel=stopped) for _ in range(20)]
+    with pytest.raises(StopRequested):  # the 21st waits for one of them to finish
+        streams.budget.acquire(streams.cost(large), cancel=stopped)
+    for amount in taken:
+        streams.budget.release(amount)
