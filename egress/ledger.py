@@ -483,7 +483,7 @@ class ProgressLog:
     become visible, see :meth:`record_now`).
     """
 
-    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 1.0) -> None:
+    def __init__(self, ledger: Ledger, key: DeliveryKey, *, batch: int = 25, interval: float = 0.25) -> None:
         self._ledger = ledger
         self._key = key
         self._batch = batch
