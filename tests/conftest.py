@@ -50,9 +50,9 @@ def moto_endpoint() -> Iterator[str]:
 
     from moto.server import ThreadedMotoServer
 
-    from egress.emulator import make_moto_dynamodb_writes_atomic
+    from egress.emulator import prepare_embedded_moto
 
-    make_moto_dynamodb_writes_atomic()
+    prepare_embedded_moto()  # as the local stack runs it
     # werkzeug logs every request; the tests' output should show failures, not traffic
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
@@ -84,10 +84,9 @@ def _moto_dynamodb(moto_endpoint: str) -> Any:
 def _drop_the_tables_a_test_made(request: pytest.FixtureRequest) -> Iterator[None]:
     """Delete the DynamoDB tables a test created on the shared moto server, after it.
 
-    moto answers every ExecuteStatement (the routes lookup) by converting every item of
-    every table on the server, so rows a finished test left behind slowed every later
-    lookup: after the 5,000-row routes test, each took about 1.4 s. Tests use tables of
-    their own (``unique``); none reads another's.
+    Their items stay in this process's heap otherwise, for the collector to scan again and
+    again (and plain moto converts every item of every table for each ExecuteStatement).
+    Tests use tables of their own (``unique``); none reads another's.
     """
     if "moto_endpoint" not in request.fixturenames:
         yield

@@ -414,9 +414,9 @@ class LocalStack:
         requests.setLevel(logging.INFO)
         requests.propagate = False
         self._request_log = handler
-        from egress.emulator import make_moto_dynamodb_writes_atomic
+        from egress.emulator import prepare_embedded_moto
 
-        make_moto_dynamodb_writes_atomic()
+        prepare_embedded_moto()
         server = ThreadedMotoServer(ip_address=options.host, port=options.port, verbose=False)
         # start() waits forever if the server thread dies on bind: run it with a deadline.
         starter = threading.Thread(target=server.start, name="moto-start", daemon=True)
