@@ -529,17 +529,12 @@ def bench_many(
             # Each tool copies into a bucket emptied after it: moto slows as it holds more
             # objects (8.4 -> 10 CPU-s for the same 1,000 copies after 7,000 more), so the
             # one that ran second would pay for the other's objects. The order alternates.
-            if round_number % 2:
-                s5_seconds = run_s5cmd(round_number)
+            results: dict[str, Any] = {}
+            for tool in ("s5cmd", "worker") if round_number % 2 else ("worker", "s5cmd"):
+                results[tool] = run_s5cmd(round_number) if tool == "s5cmd" else run_worker(round_number)
                 empty_bucket(bench, "dst")
-                seconds, wall, rss, cpu = run_worker(round_number)
-                empty_bucket(bench, "dst")
-            else:
-                seconds, wall, rss, cpu = run_worker(round_number)
-                empty_bucket(bench, "dst")
-                s5_seconds = run_s5cmd(round_number)
-                empty_bucket(bench, "dst")
-            rows.append((s5_seconds, seconds, wall, rss, cpu))
+            seconds, wall, rss, cpu = results["worker"]
+            rows.append((results["s5cmd"], seconds, wall, rss, cpu))
     finally:
         for process in relays:
             process.kill()

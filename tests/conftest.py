@@ -91,9 +91,7 @@ def _drop_the_tables_a_test_made(request: pytest.FixtureRequest) -> Iterator[Non
     if "moto_endpoint" not in request.fixturenames:
         yield
         return
-    dynamodb = build_clients(
-        AwsConfig(region=REGION, endpoint_url=request.getfixturevalue("moto_endpoint"))
-    ).dynamodb
+    dynamodb = request.getfixturevalue("_moto_dynamodb")
 
     def tables() -> set[str]:
         pages = dynamodb.get_paginator("list_tables").paginate()

@@ -83,7 +83,7 @@ def lookups(aws: AwsClients, table: str, flags: list[str]) -> tuple[dict[str, se
 
 
 # A keyed lookup makes as many requests at 2,000 rows as at 50 (moto converts every
-# item of every table for each statement, so a bigger table only makes the test slower).
+# item of the table for each statement, so a bigger table only makes the test slower).
 @pytest.mark.parametrize("filler", [42, 1992])
 def test_routes_found_with_few_requests_whatever_the_table_size(
     aws: AwsClients, unique: str, filler: int
